@@ -1,0 +1,5 @@
+"""Thin shim: pyproject.toml is the source of truth."""
+
+from setuptools import setup
+
+setup()

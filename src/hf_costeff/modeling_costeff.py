@@ -1,0 +1,632 @@
+"""PyTorch CostEff model: a BERT encoder whose layers may each have their own width, with an exit classifier after
+every configured layer and a batched per-example early exit at inference.
+
+The file reads top to bottom like ``transformers/models/bert/modeling_bert.py``: embeddings, attention, FFN, layer,
+encoder, exits, pretrained-model base, outputs, ``CostEffModel``, ``CostEffForSequenceClassification``.
+It travels alone to the Hub (``trust_remote_code``), so it imports only torch, transformers and its configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_costeff import CostEffConfig, validate_exit_policy
+
+logger = logging.get_logger(__name__)
+
+
+class CostEffEmbeddings(nn.Module):
+    """Word (optionally factorized), position and token-type embeddings, summed, normalized.
+
+    With ``config.embedding_rank = r`` the word embedding is a ``(vocab_size, r)`` table followed by a bias-free
+    ``Linear(r, hidden_size)`` (``word_embeddings_proj``), as COST-EFF factorizes it by truncated SVD.
+    """
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__()
+        rank = config.embedding_rank
+        self.word_embeddings = nn.Embedding(config.vocab_size, rank or config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.word_embeddings_proj = nn.Linear(rank, config.hidden_size, bias=False) if rank else None
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Returns embeddings of shape ``(batch_size, sequence_length, hidden_size)``."""
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+            if self.word_embeddings_proj is not None:
+                inputs_embeds = self.word_embeddings_proj(inputs_embeds)
+        batch_size, seq_length = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_length]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros((batch_size, seq_length), dtype=torch.long, device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention. q/k/v: ``(batch, heads, seq, head_dim)``; returns ``(batch, seq, heads, head_dim)``."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min
+            )
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class CostEffSelfAttention(nn.Module):
+    """Multi-head self-attention with ``layer_num_heads[layer_idx]`` heads of the unpruned head size.
+
+    ``query``/``key``/``value``: ``Linear(hidden, heads * head_dim)``; zero heads give empty projections.
+    """
+
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.layer_num_heads[layer_idx]
+        self.head_dim = config.head_dim
+        inner = self.num_heads * self.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.query = nn.Linear(config.hidden_size, inner)
+        self.key = nn.Linear(config.hidden_size, inner)
+        self.value = nn.Linear(config.hidden_size, inner)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        # transformers' sdpa integration treats a module without this flag as causal.
+        self.is_causal = False
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """hidden_states ``(batch, seq, hidden)`` -> context ``(batch, seq, heads * head_dim)``."""
+        batch_size, seq_length = hidden_states.shape[:2]
+        if self.num_heads == 0:
+            return hidden_states.new_zeros(batch_size, seq_length, 0)
+        shape = (batch_size, seq_length, self.num_heads, self.head_dim)
+        query = self.query(hidden_states).view(shape).transpose(1, 2)
+        key = self.key(hidden_states).view(shape).transpose(1, 2)
+        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        context, _ = attention(
+            self, query, key, value, attention_mask,
+            dropout=self.dropout_prob if self.training else 0.0, scaling=self.scaling, **kwargs,
+        )
+        return context.reshape(batch_size, seq_length, -1)
+
+
+class CostEffSelfOutput(nn.Module):
+    """Attention output projection ``Linear(heads * head_dim, hidden)``, dropout, residual and LayerNorm."""
+
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.dense = nn.Linear(config.layer_num_heads[layer_idx] * config.head_dim, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        # With zero heads, dense() of the empty context is its bias: the block keeps that exact term.
+        return self.LayerNorm(self.dropout(self.dense(context)) + input_tensor)
+
+
+class CostEffAttention(nn.Module):
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.self = CostEffSelfAttention(config, layer_idx)
+        self.output = CostEffSelfOutput(config, layer_idx)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return self.output(self.self(hidden_states, attention_mask, **kwargs), hidden_states)
+
+
+class CostEffIntermediate(nn.Module):
+    """FFN input ``Linear(hidden, layer_intermediate_sizes[layer_idx])`` and activation."""
+
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.layer_intermediate_sizes[layer_idx])
+        self.intermediate_act_fn = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class CostEffOutput(nn.Module):
+    """FFN output ``Linear(layer_intermediate_sizes[layer_idx], hidden)``, dropout, residual and LayerNorm."""
+
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.dense = nn.Linear(config.layer_intermediate_sizes[layer_idx], config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class CostEffLayer(GradientCheckpointingLayer):
+    """One transformer layer; its widths come from the configuration's per-layer lists."""
+
+    def __init__(self, config: CostEffConfig, layer_idx: int):
+        super().__init__()
+        self.attention = CostEffAttention(config, layer_idx)
+        self.intermediate = CostEffIntermediate(config, layer_idx)
+        self.output = CostEffOutput(config, layer_idx)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``(batch, seq, hidden)`` -> ``(batch, seq, hidden)``."""
+        attention_output = self.attention(hidden_states, attention_mask, **kwargs)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class CostEffEncoder(nn.Module):
+    def __init__(self, config: CostEffConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([CostEffLayer(config, i) for i in range(config.num_hidden_layers)])
+
+
+class CostEffExit(nn.Module):
+    """An exit classifier: pool [CLS] (``dense`` + tanh as BERT, or tanh alone as COST-EFF), dropout, classify.
+
+    Named ``exits.N.classifier`` so that PEFT's sequence-classification default ``modules_to_save`` finds every exit.
+    """
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size) if config.exit_pooler == "dense" else None
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states ``(batch, seq, hidden)`` -> logits ``(batch, num_labels)``."""
+        pooled = hidden_states[:, 0]
+        if self.dense is not None:
+            pooled = self.dense(pooled)
+        return self.classifier(self.dropout(torch.tanh(pooled)))
+
+
+class _GradientRescale(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` (gradient equilibrium, Li et al. 2019)."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return hidden_states.view_as(hidden_states)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return grad_output * ctx.scale, None
+
+
+class CostEffPreTrainedModel(PreTrainedModel):
+    config: CostEffConfig
+    config_class = CostEffConfig
+    base_model_prefix = "costeff"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CostEffEmbeddings", "CostEffLayer"]
+    # forward takes **kwargs for attention backends; it does not take Trainer's num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CostEffEmbeddings):
+            # Non-persistent buffers are not in the checkpoint and must be filled here (transformers 5).
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+
+
+@dataclass
+class CostEffSequenceClassifierOutput(ModelOutput):
+    r"""Output of [`CostEffForSequenceClassification`].
+
+    Args:
+        loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` is given):
+            Weighted sum of every exit's loss when all layers run (training, or criterion ``"none"``); the loss of
+            the logits each example exited with otherwise.
+        logits (`torch.Tensor` of shape `(batch_size, num_labels)`):
+            Logits of the exit each example left at (the last exit when no early exit happens).
+        all_exit_logits (`torch.Tensor` of shape `(batch_size, num_exits, num_labels)`, *optional*):
+            Logits of every exit; only when every layer ran for every example.
+        exit_layer (`torch.LongTensor` of shape `(batch_size,)`):
+            1-based layer after which each example exited.
+        hidden_states (`tuple(torch.Tensor)`, *optional*, returned with `output_hidden_states=True`):
+            Embedding output and every layer's output, each `(batch_size, sequence_length, hidden_size)`; only when
+            every layer ran for every example.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    all_exit_logits: torch.Tensor | None = None
+    exit_layer: torch.LongTensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def _check_inputs(
+    config: CostEffConfig, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> None:
+    """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+    tokens = input_ids if input_ids is not None else inputs_embeds
+    if tokens.dim() != (2 if input_ids is not None else 3):
+        raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {tuple(tokens.shape)}")
+    batch_size, seq_length = tokens.shape[:2]
+    if batch_size == 0 or seq_length == 0:
+        raise ValueError(f"Empty input: got batch of shape {tuple(tokens.shape[:2])}")
+    if seq_length > config.max_position_embeddings:
+        raise ValueError(
+            f"Sequence length {seq_length} exceeds max_position_embeddings={config.max_position_embeddings}; "
+            "truncate the input (tokenizer(..., truncation=True))"
+        )
+    if input_ids is not None:
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (batch_size, seq_length):
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match the input {(batch_size, seq_length)}"
+            )
+        if not bool((attention_mask != 0).any(dim=1).all()):
+            raise ValueError("attention_mask masks every token of at least one example (an empty input)")
+
+
+class CostEffModel(CostEffPreTrainedModel):
+    """The bare CostEff encoder: embeddings and layers of heterogeneous widths, no exits (``AutoModel``)."""
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__(config)
+        config.validate_costeff()
+        self.embeddings = CostEffEmbeddings(config)
+        self.encoder = CostEffEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def attention_mask_for(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None):
+        """The mask the configured attention backend expects (``None`` when nothing is padded)."""
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        """Runs every layer. Returns ``last_hidden_state`` ``(batch, seq, hidden)`` and optionally all hidden states."""
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        mask = self.attention_mask_for(hidden_states, attention_mask)
+        all_hidden = [hidden_states]
+        for layer in self.encoder.layer:
+            hidden_states = layer(hidden_states, mask, **kwargs)
+            all_hidden.append(hidden_states)
+        output = BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if output_hidden_states else None
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class CostEffForSequenceClassification(CostEffPreTrainedModel):
+    """CostEff encoder with an exit classifier after each of ``config.exit_layers``.
+
+    In training mode, or with the criterion ``"none"``, every layer runs for every example and ``logits`` are the last
+    exit's. In eval mode with a criterion, each example leaves at the first exit that satisfies it, and the examples
+    that left are removed from the batch so later layers run only on those still going.
+    """
+
+    def __init__(self, config: CostEffConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.costeff = CostEffModel(config)
+        self.exits = nn.ModuleList([CostEffExit(config) for _ in config.exit_layers])
+        self.post_init()
+
+    @classmethod
+    def from_bert(
+        cls, model_or_path: PreTrainedModel | str, init_exits_from_final: bool = True, **config_overrides
+    ) -> CostEffForSequenceClassification:
+        """Convert a BERT checkpoint into a CostEff model with every weight carried over.
+
+        Args:
+            model_or_path: a ``BertModel`` / ``BertForSequenceClassification`` instance, or a folder or Hub id of any
+                BERT-architecture checkpoint (its classifier is used when it has one).
+            init_exits_from_final: copy the final pooler and classifier into every exit (DeeBERT initialises its
+                exits' poolers this way); otherwise only the last exit gets them and the others start random.
+            **config_overrides: ``CostEffConfig`` fields, e.g. ``num_labels``, ``exit_layers``, ``exit_pooler``.
+        """
+        bert = _load_bert(model_or_path, config_overrides.get("num_labels"))
+        fields = _bert_config_fields(bert.config)
+        if "num_labels" in config_overrides or "id2label" in config_overrides:
+            fields.pop("id2label", None), fields.pop("label2id", None)
+        model = cls(CostEffConfig(**{**fields, **config_overrides}))
+        state = convert_bert_state_dict(bert.state_dict(), model.config, init_exits_from_final)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith("exits.")]  # exits may start random
+        if missing or unexpected:
+            raise ValueError(f"BERT checkpoint does not match the CostEff layout: missing {missing[:8]}, "
+                             f"unexpected {unexpected[:8]}")
+        return model.to(next(bert.parameters()).dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        exit_criterion: str | None = None,
+        exit_threshold: float | None = None,
+        exit_patience: int | None = None,
+        **kwargs,
+    ) -> CostEffSequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*): 1 for real tokens.
+            labels (`torch.Tensor` of shape `(batch_size,)`, *optional*): class ids, or floats when `num_labels == 1`.
+            exit_criterion / exit_threshold / exit_patience (*optional*): override the configuration's exit policy for
+                this call only, e.g. to sweep thresholds on one loaded model.
+        """
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        criterion, threshold, patience = self._exit_policy(exit_criterion, exit_threshold, exit_patience)
+        hidden_states = self.costeff.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        if self.training or criterion == "none":
+            output = self._forward_all_exits(hidden_states, attention_mask, output_hidden_states, **kwargs)
+            if labels is not None:
+                output.loss = self._weighted_exit_loss(output.all_exit_logits, labels)
+        else:
+            output = self._forward_early_exit(hidden_states, attention_mask, criterion, threshold, patience, **kwargs)
+            if labels is not None:
+                output.loss = self._loss(output.logits, labels)
+        return output if return_dict is not False else output.to_tuple()
+
+    def _exit_policy(self, criterion: str | None, threshold: float | None, patience: int | None):
+        config = self.config
+        if criterion is None and threshold is None and patience is None:
+            return config.exit_criterion, config.exit_threshold, config.exit_patience
+        criterion = criterion if criterion is not None else config.exit_criterion
+        threshold = threshold if threshold is not None else config.exit_threshold
+        patience = patience if patience is not None else config.exit_patience
+        validate_exit_policy(criterion, threshold, patience, config.num_exits, config.num_labels)
+        return criterion, threshold, patience
+
+    def _forward_all_exits(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_hidden_states: bool | None,
+        **kwargs,
+    ) -> CostEffSequenceClassifierOutput:
+        mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
+        equilibrium = self.training and self.config.gradient_equilibrium and torch.is_grad_enabled()
+        all_hidden, exit_logits = [hidden_states], []
+        exit_index = {layer - 1: k for k, layer in enumerate(self.config.exit_layers)}
+        for i, layer in enumerate(self.costeff.encoder.layer):
+            hidden_states = layer(hidden_states, mask, **kwargs)
+            k = exit_index.get(i)
+            if k is not None:
+                remaining = len(self.exits) - k
+                if equilibrium:
+                    hidden_states = _GradientRescale.apply(hidden_states, 1.0 / remaining)
+                exit_logits.append(self.exits[k](hidden_states))
+                if equilibrium and remaining > 1:
+                    hidden_states = _GradientRescale.apply(hidden_states, float(remaining - 1))
+            all_hidden.append(hidden_states)
+        stacked = torch.stack(exit_logits, dim=1)
+        batch_size = stacked.shape[0]
+        return CostEffSequenceClassifierOutput(
+            logits=stacked[:, -1],
+            all_exit_logits=stacked,
+            exit_layer=torch.full((batch_size,), self.config.num_hidden_layers, dtype=torch.long,
+                                  device=stacked.device),
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+        )
+
+    def _forward_early_exit(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, criterion: str,
+        threshold: float | None, patience: int, **kwargs,
+    ) -> CostEffSequenceClassifierOutput:
+        batch_size, device = hidden_states.shape[0], hidden_states.device
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=device)
+        logits = hidden_states.new_zeros(batch_size, self.num_labels)
+        exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)
+        active = torch.arange(batch_size, device=device)  # original row of each row still in the batch
+        agree = torch.zeros(batch_size, dtype=torch.long, device=device)  # patience counters
+        previous = None
+        exit_index = {layer - 1: k for k, layer in enumerate(self.config.exit_layers)}
+        hidden_states, attention_mask = _trim_padding(hidden_states, attention_mask)
+        mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
+        for i, layer in enumerate(self.costeff.encoder.layer):
+            hidden_states = layer(hidden_states, mask, **kwargs)
+            k = exit_index.get(i)
+            if k is None:
+                continue
+            exit_logits = self.exits[k](hidden_states)
+            if criterion == "patience":
+                agree = self._patience_update(agree, previous, exit_logits, threshold)
+                done, previous = agree >= patience, exit_logits
+            else:
+                done = _confident(exit_logits, criterion, threshold)
+            if k == len(self.exits) - 1:
+                done = torch.ones_like(done)
+            logits[active[done]] = exit_logits[done].to(logits.dtype)
+            exit_layer[active[done]] = i + 1
+            if bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = ~done
+                active, agree, previous = active[keep], agree[keep], previous[keep] if previous is not None else None
+                hidden_states, attention_mask = _trim_padding(hidden_states[keep], attention_mask[keep])
+                mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
+        return CostEffSequenceClassifierOutput(logits=logits, exit_layer=exit_layer)
+
+    def _patience_update(
+        self, agree: torch.Tensor, previous: torch.Tensor | None, exit_logits: torch.Tensor, threshold: float | None
+    ) -> torch.Tensor:
+        """PABEE's counter: +1 when this exit agrees with the previous one, reset to 0 otherwise."""
+        if previous is None:
+            return agree
+        if self.num_labels == 1:
+            same = (exit_logits - previous).abs().squeeze(-1) < threshold
+        else:
+            same = exit_logits.argmax(-1) == previous.argmax(-1)
+        return torch.where(same, agree + 1, torch.zeros_like(agree))
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """BERT's head loss: MSE for one label, cross-entropy for class ids, BCE for multi-label targets."""
+        if self.num_labels == 1 or self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        if self.config.problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        if labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= self.num_labels:
+            raise ValueError(
+                f"labels must be class ids in [0, num_labels={self.num_labels}), got dtype {labels.dtype} "
+                f"and values in [{labels.min().item()}, {labels.max().item()}]"
+            )
+        return F.cross_entropy(logits.float(), labels.view(-1))
+
+    def _weighted_exit_loss(self, all_exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum over exits of ``exit_loss_weights[k] * loss(exit k)`` (plain sum by default)."""
+        weights = self.config.exit_loss_weights or [1.0] * all_exit_logits.shape[1]
+        return sum(w * self._loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
+
+
+_BERT_CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+    "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout", "id2label", "label2id",
+    "problem_type",
+)
+
+
+def _bert_config_fields(bert_config) -> dict:
+    fields = {name: getattr(bert_config, name) for name in _BERT_CONFIG_FIELDS if hasattr(bert_config, name)}
+    if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("Only absolute position embeddings are supported, got "
+                         f"position_embedding_type={bert_config.position_embedding_type!r}")
+    return fields
+
+
+def _load_bert(model_or_path, num_labels: int | None) -> PreTrainedModel:
+    """A BERT ``PreTrainedModel`` from an instance or a path; refuses other architectures by name."""
+    from transformers import AutoConfig, BertForSequenceClassification, BertModel  # noqa: PLC0415
+
+    if isinstance(model_or_path, PreTrainedModel):
+        model = model_or_path
+    else:
+        bert_config = AutoConfig.from_pretrained(model_or_path)
+        if bert_config.model_type != "bert":
+            raise ValueError(f"{model_or_path!r} is a {bert_config.model_type!r} checkpoint, not a BERT one")
+        architectures = bert_config.architectures or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+            model = BertForSequenceClassification.from_pretrained(model_or_path, **kwargs)
+        else:
+            model = BertModel.from_pretrained(model_or_path, add_pooling_layer=True)
+    if getattr(model.config, "model_type", None) != "bert":
+        raise ValueError(f"from_bert expects a BERT model, got {type(model).__name__}")
+    return model
+
+
+def convert_bert_state_dict(
+    bert_state: dict[str, torch.Tensor], config: CostEffConfig, init_exits_from_final: bool = True
+) -> dict[str, torch.Tensor]:
+    """Rename a BERT state dict (``bert.*`` + ``classifier.*``, or a bare ``BertModel``'s) to CostEff keys.
+
+    The encoder keys are the same below ``encoder.layer.N``; BERT's pooler dense becomes the exits' pooler dense and its
+    classifier the last exit's (or every exit's, with ``init_exits_from_final``).
+    """
+    bare = {key.removeprefix("bert."): value for key, value in bert_state.items()}
+    state = {f"costeff.{key}": value for key, value in bare.items()
+             if key.startswith(("embeddings.", "encoder.")) and not key.endswith(("position_ids", "token_type_ids"))}
+    last = config.num_exits - 1
+    for k in range(config.num_exits) if init_exits_from_final else [last]:
+        if config.exit_pooler == "dense" and "pooler.dense.weight" in bare:
+            state[f"exits.{k}.dense.weight"] = bare["pooler.dense.weight"]
+            state[f"exits.{k}.dense.bias"] = bare["pooler.dense.bias"]
+        if "classifier.weight" in bare and bare["classifier.weight"].shape[0] == config.num_labels:
+            state[f"exits.{k}.classifier.weight"] = bare["classifier.weight"]
+            state[f"exits.{k}.classifier.bias"] = bare["classifier.bias"]
+    return state
+
+
+def _confident(logits: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
+    """Per-row exit decision. ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    if criterion == "entropy":
+        # -sum p log p from log-probabilities: finite even where p underflows to 0 (a NaN in the reference code).
+        return -(log_probs.exp() * log_probs).sum(-1) < threshold
+    return log_probs.max(-1).values.exp() >= threshold
+
+
+def _trim_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing columns that are padding for every remaining row: they cannot change any real token."""
+    real_columns = (attention_mask != 0).any(dim=0).nonzero()
+    length = int(real_columns.max()) + 1
+    if length == attention_mask.shape[1]:
+        return hidden_states, attention_mask
+    return hidden_states[:, :length], attention_mask[:, :length]
+
+
+__all__ = [
+    "CostEffEmbeddings",
+    "CostEffExit",
+    "CostEffForSequenceClassification",
+    "CostEffLayer",
+    "CostEffModel",
+    "CostEffPreTrainedModel",
+    "CostEffSequenceClassifierOutput",
+]
