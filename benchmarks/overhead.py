@@ -68,8 +68,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) for name, values in times.items()}
     result = {
-        "command": "python benchmarks/overhead.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()
-                                                               if k in ("batch_size", "repeats")),
+        "command": "python benchmarks/overhead.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k in ("batch_size", "repeats")),
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "model": path,

@@ -47,9 +47,17 @@ def tiny_config(**overrides):
     from hf_costeff import CostEffConfig
 
     fields = dict(
-        vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-        layer_num_heads=[4, 2, 0, 3], layer_intermediate_sizes=[48, 20, 7, 0], max_position_embeddings=64,
-        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        layer_num_heads=[4, 2, 0, 3],
+        layer_intermediate_sizes=[48, 20, 7, 0],
+        max_position_embeddings=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     fields.update(overrides)
     return CostEffConfig(**fields)

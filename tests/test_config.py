@@ -20,14 +20,29 @@ def test_defaults_fill_per_layer_lists():
 
 
 def test_json_round_trip_through_autoconfig(tmp_path):
-    config = CostEffConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536,
-                           layer_num_heads=[12, 7, 3, 0, 5, 12], layer_intermediate_sizes=[1536, 800, 0, 64, 1536, 300],
-                           embedding_rank=64, exit_layers=[2, 4, 6], exit_criterion="entropy", exit_threshold=0.25)
+    config = CostEffConfig(
+        num_hidden_layers=6,
+        hidden_size=384,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        layer_num_heads=[12, 7, 3, 0, 5, 12],
+        layer_intermediate_sizes=[1536, 800, 0, 64, 1536, 300],
+        embedding_rank=64,
+        exit_layers=[2, 4, 6],
+        exit_criterion="entropy",
+        exit_threshold=0.25,
+    )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, CostEffConfig)
-    for field in ("layer_num_heads", "layer_intermediate_sizes", "embedding_rank", "exit_layers", "exit_criterion",
-                  "exit_threshold"):
+    for field in (
+        "layer_num_heads",
+        "layer_intermediate_sizes",
+        "embedding_rank",
+        "exit_layers",
+        "exit_criterion",
+        "exit_threshold",
+    ):
         assert getattr(loaded, field) == getattr(config, field), field
 
 
@@ -69,9 +84,17 @@ def test_invalid_field_raises_value_error_naming_it(name, overrides, message):
 
 
 def test_valid_edge_cases_are_accepted():
-    config = CostEffConfig(**{**BASE, "layer_num_heads": [0, 0, 4], "layer_intermediate_sizes": [0, 1, 0],
-                              "exit_criterion": "entropy", "exit_threshold": math.log(2)})
+    config = CostEffConfig(
+        **{
+            **BASE,
+            "layer_num_heads": [0, 0, 4],
+            "layer_intermediate_sizes": [0, 1, 0],
+            "exit_criterion": "entropy",
+            "exit_threshold": math.log(2),
+        }
+    )
     assert config.layer_num_heads == [0, 0, 4]
-    regression = CostEffConfig(**{**BASE, "num_labels": 1, "exit_criterion": "patience", "exit_patience": 2,
-                                  "exit_threshold": 0.05})
+    regression = CostEffConfig(
+        **{**BASE, "num_labels": 1, "exit_criterion": "patience", "exit_patience": 2, "exit_threshold": 0.05}
+    )
     assert regression.exit_criterion == "patience"

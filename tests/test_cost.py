@@ -26,16 +26,25 @@ def minilm(minilm_path):
 
 @pytest.mark.parametrize("length", [128, 23])
 def test_full_forward_flops_match_flop_counter(minilm, minilm_tokenizer, sst2_sentences, length):
-    inputs = minilm_tokenizer(sst2_sentences[3], return_tensors="pt", padding="max_length", max_length=length,
-                              truncation=True)
+    inputs = minilm_tokenizer(
+        sst2_sentences[3], return_tensors="pt", padding="max_length", max_length=length, truncation=True
+    )
     measured = _measured_flops(minilm, **inputs)
     assert forward_flops(minilm.config, length) == pytest.approx(measured, rel=0.02)
 
 
 def test_heterogeneous_factorized_flops_match_flop_counter():
-    config = tiny_config(vocab_size=300, hidden_size=64, num_hidden_layers=6, num_attention_heads=8,
-                         intermediate_size=128, layer_num_heads=[8, 5, 0, 2, 8, 1],
-                         layer_intermediate_sizes=[128, 64, 0, 9, 128, 30], embedding_rank=16, num_labels=2)
+    config = tiny_config(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        intermediate_size=128,
+        layer_num_heads=[8, 5, 0, 2, 8, 1],
+        layer_intermediate_sizes=[128, 64, 0, 9, 128, 30],
+        embedding_rank=16,
+        num_labels=2,
+    )
     model = CostEffForSequenceClassification(config).eval()
     model.set_attn_implementation("eager")
     measured = _measured_flops(model, input_ids=torch.randint(1, 300, (1, 41)))
@@ -61,7 +70,7 @@ def test_average_flops_of_a_batched_early_exit_run(minilm, minilm_tokenizer, sst
         exit_layers = minilm(**batch, exit_criterion="patience", exit_patience=1).exit_layer.tolist()
     lengths = batch["attention_mask"].sum(1).tolist()
     measured = 0
-    for sentence, exit_layer in zip(sentences, exit_layers):
+    for sentence, exit_layer in zip(sentences, exit_layers, strict=True):
         single = minilm_tokenizer(sentence, return_tensors="pt")
         with torch.no_grad():
             assert minilm(**single, exit_criterion="patience", exit_patience=1).exit_layer.item() == exit_layer

@@ -43,7 +43,7 @@ def test_converted_every_exit_sees_the_same_hidden_states_as_bert(bert_and_coste
         reference = bert.bert(**batch, output_hidden_states=True).hidden_states
         ours = costeff(**batch, output_hidden_states=True)
     assert len(ours.hidden_states) == len(reference) == 7
-    for theirs, mine in zip(reference, ours.hidden_states):
+    for theirs, mine in zip(reference, ours.hidden_states, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
     assert ours.all_exit_logits.shape == (8, 6, 2)
     # init_exits_from_final copies BERT's pooler + classifier into every exit.
@@ -56,8 +56,9 @@ def test_from_bert_accepts_bare_bert_model_and_path(minilm_path):
     from_path = CostEffForSequenceClassification.from_bert(minilm_path, num_labels=3, exit_pooler="tanh")
     assert from_model.config.num_labels == 3 and from_model.exits[0].dense is not None
     assert from_path.exits[0].dense is None
-    torch.testing.assert_close(from_model.costeff.encoder.layer[3].output.dense.weight,
-                               bare.encoder.layer[3].output.dense.weight)
+    torch.testing.assert_close(
+        from_model.costeff.encoder.layer[3].output.dense.weight, bare.encoder.layer[3].output.dense.weight
+    )
 
 
 def test_from_bert_refuses_a_non_bert_checkpoint(tmp_path):
@@ -118,8 +119,9 @@ def test_batched_early_exit_equals_one_by_one(spread_exit_model, minilm_tokenize
             torch.testing.assert_close(batched.logits[i], alone.logits[0], atol=1e-5, rtol=0)
 
 
-def test_early_exit_with_threshold_that_never_fires_equals_full_model(bert_and_costeff, minilm_tokenizer,
-                                                                       sst2_sentences):
+def test_early_exit_with_threshold_that_never_fires_equals_full_model(
+    bert_and_costeff, minilm_tokenizer, sst2_sentences
+):
     _, model = bert_and_costeff
     batch = minilm_tokenizer(sst2_sentences[:16], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -134,9 +136,15 @@ def test_early_exit_with_threshold_that_never_fires_equals_full_model(bert_and_c
 
 def test_save_load_round_trip_heterogeneous_widths(tmp_path):
     config = tiny_config(
-        vocab_size=300, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-        layer_num_heads=[12, 7, 3, 0, 5, 12], layer_intermediate_sizes=[1536, 800, 0, 64, 1536, 300],
-        embedding_rank=48, num_labels=2,
+        vocab_size=300,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        layer_num_heads=[12, 7, 3, 0, 5, 12],
+        layer_intermediate_sizes=[1536, 800, 0, 64, 1536, 300],
+        embedding_rank=48,
+        num_labels=2,
     )
     torch.manual_seed(0)
     model = CostEffForSequenceClassification(config).eval()
@@ -216,8 +224,9 @@ def test_per_call_policy_is_validated():
 def test_gradient_equilibrium_scales_the_gradient_from_deeper_exits():
     torch.manual_seed(0)
     ids, labels = torch.randint(0, 120, (4, 7)), torch.tensor([0, 1, 2, 0])
-    config = dict(num_hidden_layers=2, layer_num_heads=[4, 4], layer_intermediate_sizes=[48, 48],
-                  exit_loss_weights=[0.0, 1.0])
+    config = dict(
+        num_hidden_layers=2, layer_num_heads=[4, 4], layer_intermediate_sizes=[48, 48], exit_loss_weights=[0.0, 1.0]
+    )
     grads = {}
     for equilibrium in (False, True):
         torch.manual_seed(0)
@@ -230,8 +239,9 @@ def test_gradient_equilibrium_scales_the_gradient_from_deeper_exits():
 
 
 def test_zero_width_layers_run_and_backpropagate():
-    model = CostEffForSequenceClassification(tiny_config(layer_num_heads=[0, 0, 0, 0],
-                                                         layer_intermediate_sizes=[0, 0, 0, 0])).train()
+    model = CostEffForSequenceClassification(
+        tiny_config(layer_num_heads=[0, 0, 0, 0], layer_intermediate_sizes=[0, 0, 0, 0])
+    ).train()
     out = model(input_ids=torch.randint(0, 120, (2, 5)), labels=torch.tensor([1, 2]))
     out.loss.backward()
     assert torch.isfinite(out.loss)

@@ -42,7 +42,9 @@ def validate_exit_policy(
             raise ValueError(f"exit_threshold={threshold} is out of range for confidence: it must lie in [0, 1]")
     if criterion == "patience":
         if isinstance(patience, bool) or not isinstance(patience, int) or not 1 <= patience <= num_exits:
-            raise ValueError(f"exit_patience must be an integer in [1, {num_exits}] (the number of exits), got {patience!r}")
+            raise ValueError(
+                f"exit_patience must be an integer in [1, {num_exits}] (the number of exits), got {patience!r}"
+            )
         if regression and (threshold is None or not math.isfinite(threshold) or threshold < 0):
             raise ValueError(
                 "exit_threshold must be a finite number >= 0 for patience on a regression model: two consecutive "
@@ -175,8 +177,15 @@ class CostEffConfig(PretrainedConfig):
 
     def validate_costeff(self) -> None:
         """Check every CostEff field; raise ``ValueError`` naming the first bad one."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             _check_int(name, getattr(self, name), minimum=1)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -191,12 +200,12 @@ class CostEffConfig(PretrainedConfig):
         if self.embedding_rank is not None:
             _check_int("embedding_rank", self.embedding_rank, minimum=1)
         self._validate_exits(n)
-        validate_exit_policy(self.exit_criterion, self.exit_threshold, self.exit_patience, self.num_exits,
-                             self.num_labels)
+        validate_exit_policy(
+            self.exit_criterion, self.exit_threshold, self.exit_patience, self.num_exits, self.num_labels
+        )
 
     def _validate_widths(self, n: int) -> None:
-        for name, bound in (("layer_num_heads", self.num_attention_heads),
-                            ("layer_intermediate_sizes", None)):
+        for name, bound in (("layer_num_heads", self.num_attention_heads), ("layer_intermediate_sizes", None)):
             values = getattr(self, name)
             if not isinstance(values, list) or len(values) != n:
                 raise ValueError(f"{name} must be a list of num_hidden_layers={n} integers, got {values!r}")
@@ -211,10 +220,8 @@ class CostEffConfig(PretrainedConfig):
             raise ValueError(f"exit_layers must be a non-empty list of 1-based layer numbers, got {layers!r}")
         for i, v in enumerate(layers):
             _check_int(f"exit_layers[{i}]", v, minimum=1)
-        if any(b <= a for a, b in zip(layers, layers[1:])) or layers[-1] != n:
-            raise ValueError(
-                f"exit_layers must be strictly increasing and end with the last layer ({n}), got {layers}"
-            )
+        if any(b <= a for a, b in zip(layers, layers[1:], strict=False)) or layers[-1] != n:
+            raise ValueError(f"exit_layers must be strictly increasing and end with the last layer ({n}), got {layers}")
         if self.exit_pooler not in EXIT_POOLERS:
             raise ValueError(f"exit_pooler must be one of {EXIT_POOLERS}, got {self.exit_pooler!r}")
         weights = self.exit_loss_weights

@@ -51,16 +51,14 @@ def forward_flops(config: CostEffConfig, seq_length: int, exit_layer: int | None
     )
 
 
-def average_flops(
-    config: CostEffConfig, exit_layers: Sequence[int], seq_lengths: int | Sequence[int]
-) -> float:
+def average_flops(config: CostEffConfig, exit_layers: Sequence[int], seq_lengths: int | Sequence[int]) -> float:
     """Mean FLOPs per example of a run, given each example's exit layer and its (unpadded) length."""
     if len(exit_layers) == 0:
         raise ValueError("average_flops needs at least one example")
     lengths = [seq_lengths] * len(exit_layers) if isinstance(seq_lengths, int) else list(seq_lengths)
     if len(lengths) != len(exit_layers):
         raise ValueError(f"{len(exit_layers)} exit layers but {len(lengths)} sequence lengths")
-    return sum(forward_flops(config, int(t), int(e)) for e, t in zip(exit_layers, lengths)) / len(lengths)
+    return sum(forward_flops(config, int(t), int(e)) for e, t in zip(exit_layers, lengths, strict=True)) / len(lengths)
 
 
 def count_parameters(config: CostEffConfig, with_exits: bool = True) -> dict[str, int]:

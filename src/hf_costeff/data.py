@@ -28,14 +28,12 @@ class GlueTask:
 
 TASKS: dict[str, GlueTask] = {
     "sst2": GlueTask("sst2", ("sentence",), 2, ("accuracy",), "accuracy", ("negative", "positive")),
-    "mrpc": GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "f1",
-                     ("not_equivalent", "equivalent")),
-    "rte": GlueTask("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy",
-                    ("entailment", "not_entailment")),
-    "qnli": GlueTask("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy",
-                     ("entailment", "not_entailment")),
-    "cola": GlueTask("cola", ("sentence",), 2, ("matthews_correlation",), "matthews_correlation",
-                     ("unacceptable", "acceptable")),
+    "mrpc": GlueTask("mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "f1", ("not_equivalent", "equivalent")),
+    "rte": GlueTask("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "accuracy", ("entailment", "not_entailment")),
+    "qnli": GlueTask("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy", ("entailment", "not_entailment")),
+    "cola": GlueTask(
+        "cola", ("sentence",), 2, ("matthews_correlation",), "matthews_correlation", ("unacceptable", "acceptable")
+    ),
     "stsb": GlueTask("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearmanr"), "pearson"),
 }
 
@@ -79,8 +77,7 @@ def load_glue(task: str, glue_dir: str | Path | None = None) -> datasets.Dataset
 
 
 def _features(spec: GlueTask) -> datasets.Features:
-    label = (datasets.Value("float32") if spec.num_labels == 1
-             else datasets.ClassLabel(names=list(spec.label_names)))
+    label = datasets.Value("float32") if spec.num_labels == 1 else datasets.ClassLabel(names=list(spec.label_names))
     return datasets.Features({**{key: datasets.Value("string") for key in spec.text_keys}, "label": label})
 
 
@@ -89,8 +86,10 @@ def _read_tsv(path: Path, spec: GlueTask) -> dict[str, list]:
     # GLUE files hold bare quote characters: csv's default quoting would merge rows (see the data README).
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows = [row for row in rows[1 if has_header else 0:] if row]
-    columns: dict[str, list] = {key: [row[c].strip() for row in rows] for key, c in zip(spec.text_keys, text_columns)}
+    rows = [row for row in rows[1 if has_header else 0 :] if row]
+    columns: dict[str, list] = {
+        key: [row[c].strip() for row in rows] for key, c in zip(spec.text_keys, text_columns, strict=True)
+    }
     raw_labels = [row[label_column] for row in rows]
     if spec.num_labels == 1:
         columns["label"] = [float(value) for value in raw_labels]
@@ -101,8 +100,9 @@ def _read_tsv(path: Path, spec: GlueTask) -> dict[str, list]:
     return columns
 
 
-def tokenize_glue(dataset_dict: datasets.DatasetDict, tokenizer, task: str, max_length: int = 128
-                  ) -> datasets.DatasetDict:
+def tokenize_glue(
+    dataset_dict: datasets.DatasetDict, tokenizer, task: str, max_length: int = 128
+) -> datasets.DatasetDict:
     """Tokenize every split (truncated to ``max_length``, unpadded) and rename ``label`` to ``labels``."""
     spec = get_task(task)
 
@@ -122,8 +122,9 @@ def _evaluate_metric(task: str):
     try:
         return evaluate.load("glue", task)
     except Exception as error:  # evaluate raises FileNotFoundError/ConnectionError/OSError depending on the cause
-        logger.info("evaluate.load('glue', %r) unavailable (%s); using the same formulas from scikit-learn/scipy",
-                    task, error)
+        logger.info(
+            "evaluate.load('glue', %r) unavailable (%s); using the same formulas from scikit-learn/scipy", task, error
+        )
         return None
 
 
@@ -135,8 +136,9 @@ def compute_glue_metrics(task: str, predictions, references) -> dict[str, float]
         raise ValueError(f"predictions {predictions.shape} and references {references.shape} must be equal, non-empty")
     metric = _evaluate_metric(task)
     if metric is not None:
-        return {key: float(value) for key, value in metric.compute(predictions=predictions,
-                                                                    references=references).items()}
+        return {
+            key: float(value) for key, value in metric.compute(predictions=predictions, references=references).items()
+        }
     from scipy.stats import pearsonr, spearmanr  # noqa: PLC0415
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # noqa: PLC0415
 

@@ -38,8 +38,9 @@ class CostEffEmbeddings(nn.Module):
     def __init__(self, config: CostEffConfig):
         super().__init__()
         rank = config.embedding_rank
-        self.word_embeddings = nn.Embedding(config.vocab_size, rank or config.hidden_size,
-                                            padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, rank or config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.word_embeddings_proj = nn.Linear(rank, config.hidden_size, bias=False) if rank else None
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
@@ -112,7 +113,9 @@ class CostEffSelfAttention(nn.Module):
         # transformers' sdpa integration treats a module without this flag as causal.
         self.is_causal = False
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         """hidden_states ``(batch, seq, hidden)`` -> context ``(batch, seq, heads * head_dim)``."""
         batch_size, seq_length = hidden_states.shape[:2]
         if self.num_heads == 0:
@@ -125,8 +128,14 @@ class CostEffSelfAttention(nn.Module):
             self.config._attn_implementation, eager_attention_forward
         )
         context, _ = attention(
-            self, query, key, value, attention_mask,
-            dropout=self.dropout_prob if self.training else 0.0, scaling=self.scaling, **kwargs,
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout_prob if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
         )
         return context.reshape(batch_size, seq_length, -1)
 
@@ -151,7 +160,9 @@ class CostEffAttention(nn.Module):
         self.self = CostEffSelfAttention(config, layer_idx)
         self.output = CostEffSelfOutput(config, layer_idx)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         return self.output(self.self(hidden_states, attention_mask, **kwargs), hidden_states)
 
 
@@ -161,7 +172,9 @@ class CostEffIntermediate(nn.Module):
     def __init__(self, config: CostEffConfig, layer_idx: int):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.layer_intermediate_sizes[layer_idx])
-        self.intermediate_act_fn = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+        self.intermediate_act_fn = (
+            ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+        )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.intermediate_act_fn(self.dense(hidden_states))
@@ -189,7 +202,9 @@ class CostEffLayer(GradientCheckpointingLayer):
         self.intermediate = CostEffIntermediate(config, layer_idx)
         self.output = CostEffOutput(config, layer_idx)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         """``(batch, seq, hidden)`` -> ``(batch, seq, hidden)``."""
         attention_output = self.attention(hidden_states, attention_mask, **kwargs)
         return self.output(self.intermediate(attention_output), attention_output)
@@ -283,7 +298,9 @@ class CostEffSequenceClassifierOutput(ModelOutput):
 
 
 def _check_inputs(
-    config: CostEffConfig, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+    config: CostEffConfig,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
 ) -> None:
     """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer."""
@@ -303,7 +320,9 @@ def _check_inputs(
     if input_ids is not None:
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= config.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]")
+            raise ValueError(
+                f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]"
+            )
     if attention_mask is not None:
         if tuple(attention_mask.shape) != (batch_size, seq_length):
             raise ValueError(
@@ -395,8 +414,9 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not key.startswith("exits.")]  # exits may start random
         if missing or unexpected:
-            raise ValueError(f"BERT checkpoint does not match the CostEff layout: missing {missing[:8]}, "
-                             f"unexpected {unexpected[:8]}")
+            raise ValueError(
+                f"BERT checkpoint does not match the CostEff layout: missing {missing[:8]}, unexpected {unexpected[:8]}"
+            )
         return model.to(next(bert.parameters()).dtype)
 
     def forward(
@@ -446,7 +466,10 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         return criterion, threshold, patience
 
     def _forward_all_exits(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, output_hidden_states: bool | None,
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool | None,
         **kwargs,
     ) -> CostEffSequenceClassifierOutput:
         mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
@@ -469,14 +492,20 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         return CostEffSequenceClassifierOutput(
             logits=stacked[:, -1],
             all_exit_logits=stacked,
-            exit_layer=torch.full((batch_size,), self.config.num_hidden_layers, dtype=torch.long,
-                                  device=stacked.device),
+            exit_layer=torch.full(
+                (batch_size,), self.config.num_hidden_layers, dtype=torch.long, device=stacked.device
+            ),
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
         )
 
     def _forward_early_exit(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, criterion: str,
-        threshold: float | None, patience: int, **kwargs,
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        criterion: str,
+        threshold: float | None,
+        patience: int,
+        **kwargs,
     ) -> CostEffSequenceClassifierOutput:
         batch_size, device = hidden_states.shape[0], hidden_states.device
         if attention_mask is None:
@@ -545,9 +574,22 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
 
 
 _BERT_CONFIG_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-    "initializer_range", "layer_norm_eps", "pad_token_id", "classifier_dropout", "id2label", "label2id",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "classifier_dropout",
+    "id2label",
+    "label2id",
     "problem_type",
 )
 
@@ -555,8 +597,10 @@ _BERT_CONFIG_FIELDS = (
 def _bert_config_fields(bert_config) -> dict:
     fields = {name: getattr(bert_config, name) for name in _BERT_CONFIG_FIELDS if hasattr(bert_config, name)}
     if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
-        raise ValueError("Only absolute position embeddings are supported, got "
-                         f"position_embedding_type={bert_config.position_embedding_type!r}")
+        raise ValueError(
+            "Only absolute position embeddings are supported, got "
+            f"position_embedding_type={bert_config.position_embedding_type!r}"
+        )
     return fields
 
 
@@ -590,8 +634,11 @@ def convert_bert_state_dict(
     classifier the last exit's (or every exit's, with ``init_exits_from_final``).
     """
     bare = {key.removeprefix("bert."): value for key, value in bert_state.items()}
-    state = {f"costeff.{key}": value for key, value in bare.items()
-             if key.startswith(("embeddings.", "encoder.")) and not key.endswith(("position_ids", "token_type_ids"))}
+    state = {
+        f"costeff.{key}": value
+        for key, value in bare.items()
+        if key.startswith(("embeddings.", "encoder.")) and not key.endswith(("position_ids", "token_type_ids"))
+    }
     last = config.num_exits - 1
     for k in range(config.num_exits) if init_exits_from_final else [last]:
         if config.exit_pooler == "dense" and "pooler.dense.weight" in bare:

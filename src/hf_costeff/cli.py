@@ -1,0 +1,306 @@
+"""``hf-costeff``: convert a BERT, slenderize it, sweep its exit threshold on GLUE, push it to the Hub.
+
+hf-costeff convert BERT_DIR OUT_DIR [--num_labels 2] [--exit_pooler dense|tanh]
+hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5 [--embedding_rank 128]
+hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 [--criterion entropy] --output r.json
+hf-costeff push MODEL_DIR org/name [--eval_json r.json] [--threshold 0.3] [--teacher BERT_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _load_model_and_tokenizer(folder: str):
+    from .serving.hub import load_costeff, load_folder_tokenizer  # noqa: PLC0415
+
+    model = load_costeff(folder)
+    tokenizer = load_folder_tokenizer(folder)
+    return model, tokenizer
+
+
+def _dataloader(
+    tokenizer, task: str, glue_dir: str | None, split: str, batch_size: int, max_length: int, max_examples: int | None
+):
+    import datasets  # noqa: PLC0415
+    from transformers import DataCollatorWithPadding  # noqa: PLC0415
+
+    from .data import load_glue, tokenize_glue  # noqa: PLC0415
+
+    split_data = load_glue(task, glue_dir)[split]
+    if max_examples is not None:
+        split_data = split_data.select(range(min(max_examples, len(split_data))))
+    data = datasets.DatasetDict({split: split_data})  # tokenize only the split used (SST-2 train is 67k sentences)
+    encoded = tokenize_glue(data, tokenizer, task, max_length=max_length)[split]
+    encoded = encoded.remove_columns(
+        [c for c in encoded.column_names if c not in ("input_ids", "attention_mask", "token_type_ids", "labels")]
+    )
+    return torch.utils.data.DataLoader(encoded, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    from .modeling_costeff import CostEffForSequenceClassification  # noqa: PLC0415
+    from .serving.hub import save_pretrained_atomic  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {
+        "num_labels": args.num_labels,
+        "exit_pooler": args.exit_pooler,
+        "exit_criterion": args.exit_criterion,
+        "exit_threshold": args.exit_threshold,
+    }
+    if args.exit_layers:
+        overrides["exit_layers"] = [int(v) for v in args.exit_layers.split(",")]
+    with tqdm(total=2, desc="convert", disable=args.quiet) as bar:
+        model = CostEffForSequenceClassification.from_bert(args.bert, **overrides)
+        bar.update()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.bert)
+        except (OSError, ValueError):  # a weights-only folder: the model is still usable with its own tokenizer
+            tokenizer = None
+        save_pretrained_atomic(model, args.output_dir, tokenizer=tokenizer)
+        bar.update()
+    return {
+        "output_dir": str(args.output_dir),
+        "num_exits": model.config.num_exits,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
+    from .cost import count_parameters  # noqa: PLC0415
+    from .serving.hub import save_pretrained_atomic  # noqa: PLC0415
+    from .slenderize import (  # noqa: PLC0415
+        PruningConfig,
+        compute_importance,
+        factorize_embeddings,
+        plan_widths,
+        prune_model,
+        summary,
+    )
+
+    model, tokenizer = _load_model_and_tokenizer(args.model_dir)
+    if tokenizer is None:
+        raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
+    before = model.config.to_dict()
+    loader = _dataloader(
+        tokenizer,
+        args.task,
+        args.glue_dir,
+        "train",
+        args.batch_size,
+        args.max_length,
+        args.max_batches * args.batch_size,
+    )
+    importance = compute_importance(
+        model,
+        tqdm(loader, desc="importance", disable=args.quiet),
+        exit_weighting=args.exit_weighting,
+        max_batches=args.max_batches,
+    )
+    heads, ffn = plan_widths(model.config, importance, PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction))
+    prune_model(model, importance, heads, ffn)
+    error = factorize_embeddings(model, args.embedding_rank) if args.embedding_rank else None
+    save_pretrained_atomic(model, args.output_dir, tokenizer=tokenizer)
+    from .configuration_costeff import CostEffConfig  # noqa: PLC0415
+
+    if not args.quiet:
+        print(summary(CostEffConfig.from_dict(before), model.config), file=sys.stderr)
+    return {
+        "output_dir": str(args.output_dir),
+        "layer_num_heads": heads,
+        "layer_intermediate_sizes": ffn,
+        "embedding_error": error,
+        "parameters": count_parameters(model.config),
+    }
+
+
+@torch.no_grad()
+def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, torch.Tensor]:
+    """One pass over ``loader``: logits ``(N, C)``, exit layers ``(N,)``, unpadded lengths ``(N,)``, labels ``(N,)`` and,
+    with criterion ``"none"``, every exit's logits ``(N, E, C)``."""
+    out: dict[str, list[torch.Tensor]] = {"logits": [], "exit_layer": [], "lengths": [], "labels": [], "all": []}
+    for batch in tqdm(loader, desc=desc, disable=quiet, leave=False):
+        labels = batch.pop("labels")
+        result = model(**batch, **exit_kwargs)
+        out["logits"].append(result.logits)
+        out["exit_layer"].append(result.exit_layer)
+        out["lengths"].append(batch["attention_mask"].sum(-1))
+        out["labels"].append(labels)
+        if result.all_exit_logits is not None:
+            out["all"].append(result.all_exit_logits)
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def _predictions(logits: torch.Tensor) -> list:
+    return logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from .configuration_costeff import validate_exit_policy  # noqa: PLC0415
+    from .cost import average_flops  # noqa: PLC0415
+    from .data import compute_glue_metrics  # noqa: PLC0415
+
+    model, tokenizer = _load_model_and_tokenizer(args.model_dir)
+    if tokenizer is None:
+        raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
+    model.eval()
+    config = model.config
+    for threshold in args.thresholds:  # refuse a bad sweep before any data is read
+        validate_exit_policy(
+            args.criterion, threshold, args.patience or config.exit_patience, config.num_exits, config.num_labels
+        )
+    loader = _dataloader(
+        tokenizer, args.task, args.glue_dir, "validation", args.batch_size, args.max_length, args.max_examples
+    )
+    full = _run(model, loader, args.quiet, "all exits", exit_criterion="none")
+    references = full["labels"].tolist()
+    lengths = full["lengths"].tolist()
+    full_flops = average_flops(config, [config.num_hidden_layers] * len(lengths), lengths)
+    per_exit = [
+        {"exit_layer": layer, **compute_glue_metrics(args.task, _predictions(full["all"][:, k]), references)}
+        for k, layer in enumerate(config.exit_layers)
+    ]
+    sweep = []
+    for threshold in tqdm(args.thresholds, desc="thresholds", disable=args.quiet):
+        run = _run(
+            model,
+            loader,
+            True,
+            f"threshold {threshold}",
+            exit_criterion=args.criterion,
+            exit_threshold=threshold,
+            exit_patience=args.patience,
+        )
+        flops = average_flops(config, run["exit_layer"].tolist(), run["lengths"].tolist())
+        sweep.append(
+            {
+                "threshold": threshold,
+                **compute_glue_metrics(args.task, _predictions(run["logits"]), run["labels"].tolist()),
+                "average_flops": flops,
+                "flops_ratio": flops / full_flops,
+                "mean_exit_layer": run["exit_layer"].float().mean().item(),
+            }
+        )
+    result = {
+        "model_dir": str(args.model_dir),
+        "task": args.task,
+        "criterion": args.criterion,
+        "num_examples": len(references),
+        "full_depth_average_flops": full_flops,
+        "per_exit": per_exit,
+        "sweep": sweep,
+    }
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    from .serving.hub import push_costeff_to_hub  # noqa: PLC0415
+
+    model, tokenizer = _load_model_and_tokenizer(args.model_dir)
+    card: dict[str, Any] = {"dataset": args.dataset, "base_model": args.base_model}
+    if args.threshold is not None:
+        model.config.exit_threshold = args.threshold
+        model.config.exit_criterion = args.criterion or model.config.exit_criterion
+        model.config.validate_costeff()
+    if args.teacher:
+        card["teacher_config"] = AutoConfig.from_pretrained(args.teacher)
+    if args.eval_json:
+        report = json.loads(Path(args.eval_json).read_text(encoding="utf-8"))
+        if all("accuracy" in row for row in report.get("per_exit", [])):
+            card["per_exit_accuracy"] = [row["accuracy"] for row in report["per_exit"]]
+        rows = [r for r in report.get("sweep", []) if r["threshold"] == model.config.exit_threshold]
+        if rows:
+            metrics = {
+                k: v
+                for k, v in rows[0].items()
+                if k not in ("threshold", "average_flops", "flops_ratio", "mean_exit_layer")
+            }
+            card.update(eval_results=metrics, average_flops=rows[0]["average_flops"])
+    commit = push_costeff_to_hub(model, args.repo_id, tokenizer, private=args.private or None, token=args.token, **card)
+    return {"repo_id": args.repo_id, "commit": getattr(commit, "commit_url", str(commit))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="BERT checkpoint -> CostEff folder (every weight carried over)")
+    p.add_argument("bert"), p.add_argument("output_dir")
+    p.add_argument("--num_labels", type=int, default=2)
+    p.add_argument("--exit_pooler", choices=["dense", "tanh"], default="dense")
+    p.add_argument("--exit_layers", help="comma-separated 1-based layers (default: every layer)")
+    p.add_argument("--exit_criterion", default="none", choices=["entropy", "confidence", "patience", "none"])
+    p.add_argument("--exit_threshold", type=float)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("slenderize", help="prune heads/FFN neurons (and factorize embeddings) with calibration data")
+    p.add_argument("model_dir"), p.add_argument("output_dir")
+    p.add_argument("--glue_dir"), p.add_argument("--task", default="sst2")
+    p.add_argument("--encoder_keep_fraction", type=float, required=True)
+    p.add_argument("--embedding_rank", type=int)
+    p.add_argument("--exit_weighting", choices=["all", "final"], default="all")
+    p.add_argument("--batch_size", type=int, default=16), p.add_argument("--max_batches", type=int, default=8)
+    p.add_argument("--max_length", type=int, default=128)
+    p.set_defaults(func=cmd_slenderize)
+
+    p = sub.add_parser("evaluate", help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)")
+    p.add_argument("model_dir")
+    p.add_argument("--glue_dir"), p.add_argument("--task", default="sst2")
+    p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence", "patience"])
+    p.add_argument("--thresholds", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--patience", type=int)
+    p.add_argument("--batch_size", type=int, default=32), p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--max_examples", type=int)
+    p.add_argument("--output", help="write the JSON report here (it is printed too)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("push", help="folder -> Hub repo, with code for trust_remote_code and a model card")
+    p.add_argument("model_dir"), p.add_argument("repo_id")
+    p.add_argument("--eval_json", help="report of `hf-costeff evaluate` for the card")
+    p.add_argument("--threshold", type=float, help="exit threshold to ship (written into config.json)")
+    p.add_argument("--criterion", choices=["entropy", "confidence", "patience"])
+    p.add_argument("--teacher", help="config of the model it was compressed from, for the card's comparison")
+    p.add_argument("--dataset", default="glue/sst2"), p.add_argument("--base_model")
+    p.add_argument("--private", action="store_true"), p.add_argument("--token")
+    p.set_defaults(func=cmd_push)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hf-costeff``; prints the command's JSON result on stdout. Returns the exit status."""
+    import hf_costeff.serving  # noqa: F401, PLC0415  (registers the model type and the pipeline task)
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except ValueError as err:
+        print(f"hf-costeff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

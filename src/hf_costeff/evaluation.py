@@ -1,0 +1,393 @@
+"""Evaluating multi-exit models: exit logits once, any early-exit policy simulated, thresholds calibrated, latency.
+
+The early-exit decision of an example depends only on its own exit logits (batched early exit equals one-by-one
+inference, tested in tests/test_modeling.py), so one pass that records every exit's logits
+(:func:`collect_exit_logits`) is enough to know, for ANY threshold or patience, where each example would leave, what it
+would predict and how many FLOPs it would cost (:func:`simulate_early_exit`, :func:`sweep_thresholds`). The model
+never runs again for a sweep or a calibration (:func:`calibrate_threshold`). :func:`measure_latency` times the real
+early-exit forward.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .configuration_costeff import CostEffConfig, validate_exit_policy
+from .cost import forward_flops
+from .data import compute_glue_metrics, get_task
+from .modeling_costeff import _confident
+
+_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class ExitPredictions:
+    """Every exit's logits on a labelled set, from one pass that runs all layers.
+
+    Attributes:
+        logits: ``(N, E, C)`` float32 logits of the ``E`` exits (``C = num_labels``; ``C = 1`` for regression).
+        labels: ``(N,)`` gold labels (class ids, or floats for regression).
+        lengths: ``(N,)`` unpadded token counts (sum of the attention mask), which set each example's FLOPs.
+        config: the model's configuration (its ``exit_layers`` map exit index -> layer), when known.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    config: CostEffConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.logits.dim() != 3:
+            raise ValueError(f"logits must have shape (N, num_exits, num_labels), got {tuple(self.logits.shape)}")
+        n = self.logits.shape[0]
+        if self.labels.shape != (n,) or self.lengths.shape != (n,):
+            raise ValueError(
+                f"labels {tuple(self.labels.shape)} and lengths {tuple(self.lengths.shape)} must both be ({n},)"
+            )
+        if n == 0:
+            raise ValueError("ExitPredictions needs at least one example")
+
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[1]
+
+
+def _model_inputs(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: batch[key].to(device) for key in _INPUT_KEYS if key in batch and batch[key] is not None}
+
+
+@torch.inference_mode()
+def collect_exit_logits(model: nn.Module, dataloader: Iterable[Mapping[str, torch.Tensor]]) -> ExitPredictions:
+    """Run every layer once (``exit_criterion="none"``) and keep all exits' logits, labels and unpadded lengths.
+
+    ``model``: a ``CostEffForSequenceClassification`` (or any classifier returning ``logits``: it is then seen as a
+    single-exit model). ``dataloader`` yields padded batches with ``input_ids``, ``attention_mask``, ``labels``
+    (``token_type_ids`` optional).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    costeff = isinstance(getattr(model, "config", None), CostEffConfig)
+    logits, labels, lengths = [], [], []
+    try:
+        for batch in dataloader:
+            if "labels" not in batch or "attention_mask" not in batch:
+                raise ValueError("collect_exit_logits needs batches with 'labels' and 'attention_mask'")
+            inputs = _model_inputs(batch, device)
+            if costeff:
+                output = model(**inputs, exit_criterion="none")
+                logits.append(output.all_exit_logits.float().cpu())
+            else:
+                logits.append(model(**inputs).logits.float().cpu().unsqueeze(1))
+            labels.append(batch["labels"].cpu())
+            lengths.append(batch["attention_mask"].sum(-1).long().cpu())
+    finally:
+        model.train(was_training)
+    if not logits:
+        raise ValueError("collect_exit_logits got an empty dataloader")
+    config = model.config if costeff else None
+    return ExitPredictions(torch.cat(logits), torch.cat(labels), torch.cat(lengths), config)
+
+
+def _config_of(preds: ExitPredictions, config: CostEffConfig | None) -> CostEffConfig:
+    config = config if config is not None else preds.config
+    if config is None:
+        raise ValueError("a CostEffConfig is needed (pass config=..., or collect the predictions from a CostEff model)")
+    if config.num_exits != preds.num_exits:
+        raise ValueError(f"config has {config.num_exits} exits but the predictions hold {preds.num_exits}")
+    return config
+
+
+def _predict(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``)."""
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
+def simulate_early_exit(
+    preds: ExitPredictions,
+    config: CostEffConfig | None,
+    criterion: str,
+    threshold_or_patience: float | int | None,
+    regression_threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each example would leave, and what it would predict, under an exit policy, without running the model.
+
+    Implements the model's rules exactly (it reuses the model's per-row test): ``"entropy"`` exits when the entropy of
+    ``softmax`` (natural log) is ``< threshold``; ``"confidence"`` when the max probability is ``>= threshold``;
+    ``"patience"`` keeps PABEE's counter (+1 when an exit's argmax equals the previous exit's, reset otherwise; for
+    regression, when they differ by less than ``regression_threshold``) and exits when it reaches the patience;
+    ``"none"`` runs every layer. The last exit always exits.
+
+    Returns ``(exit_layers, predictions)``, both ``(N,)``: the 1-based layer of the exit taken, and its class id (or
+    value for regression).
+    """
+    config = _config_of(preds, config)
+    logits = preds.logits
+    n, num_exits, num_labels = logits.shape
+    if criterion == "patience":
+        validate_exit_policy(criterion, regression_threshold, threshold_or_patience, num_exits, num_labels)
+    elif criterion != "none":
+        validate_exit_policy(criterion, threshold_or_patience, None, num_exits, num_labels)
+    done = torch.zeros(n, num_exits, dtype=torch.bool)
+    if criterion in ("entropy", "confidence"):
+        for k in range(num_exits):
+            done[:, k] = _confident(logits[:, k], criterion, threshold_or_patience)
+    elif criterion == "patience":
+        agree = torch.zeros(n, dtype=torch.long)
+        for k in range(1, num_exits):
+            if num_labels == 1:
+                same = (logits[:, k] - logits[:, k - 1]).abs().squeeze(-1) < regression_threshold
+            else:
+                same = logits[:, k].argmax(-1) == logits[:, k - 1].argmax(-1)
+            agree = torch.where(same, agree + 1, torch.zeros_like(agree))
+            done[:, k] = agree >= threshold_or_patience
+    done[:, -1] = True
+    first = done.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index: the first exit satisfied
+    layers = torch.tensor(config.exit_layers, dtype=torch.long)[first]
+    predictions = _predict(logits[torch.arange(n), first])
+    return layers, predictions
+
+
+class _FlopsTable:
+    """``forward_flops`` of every (example, exit) pair, computed once per distinct length: sweeps stay fast."""
+
+    def __init__(self, config: CostEffConfig, lengths: torch.Tensor):
+        self.config = config
+        unique, inverse = torch.unique(lengths, return_inverse=True)
+        table = np.array(
+            [[forward_flops(config, int(t), layer) for layer in config.exit_layers] for t in unique.tolist()],
+            dtype=np.int64,
+        )
+        self.per_example = table[inverse.numpy()]  # (N, E) int64
+        self.index = {layer: k for k, layer in enumerate(config.exit_layers)}
+
+    def average(self, exit_layers: torch.Tensor) -> float:
+        cols = np.array([self.index[int(layer)] for layer in exit_layers.tolist()])
+        # Integer sum then one true division: bit-identical to cost.average_flops.
+        return int(self.per_example[np.arange(len(cols)), cols].sum()) / len(cols)
+
+    def full(self) -> float:
+        return int(self.per_example[:, -1].sum()) / self.per_example.shape[0]
+
+
+def _policy_key(criterion: str) -> str:
+    return "patience" if criterion == "patience" else "threshold"
+
+
+def _evaluate_policy(
+    preds: ExitPredictions,
+    config: CostEffConfig,
+    task: str,
+    criterion: str,
+    value,
+    table: _FlopsTable,
+    regression_threshold: float | None,
+) -> dict:
+    layers, predictions = simulate_early_exit(preds, config, criterion, value, regression_threshold)
+    metrics = compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
+    avg_flops = table.average(layers)
+    histogram = {int(layer): int((layers == layer).sum()) for layer in config.exit_layers}
+    return {
+        "criterion": criterion,
+        _policy_key(criterion): value,
+        "metrics": metrics,
+        "metric": metrics[get_task(task).main_metric],
+        "avg_flops": avg_flops,
+        "flops_speedup": table.full() / avg_flops,
+        "avg_exit_layer": float(layers.float().mean()),
+        "layer_speedup": config.num_hidden_layers / float(layers.float().mean()),
+        "exit_histogram": histogram,
+    }
+
+
+def sweep_thresholds(
+    preds: ExitPredictions,
+    config: CostEffConfig | None,
+    task: str,
+    criterion: str,
+    thresholds: Sequence[float | int],
+    regression_threshold: float | None = None,
+) -> list[dict]:
+    """One row per threshold (or patience): the task's metrics and cost had the model run with that policy.
+
+    Each row: ``criterion``, ``threshold`` (``patience`` for the patience criterion), ``metrics`` (all of the task's
+    GLUE metrics), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
+    the examples' unpadded lengths), ``flops_speedup`` (FLOPs of running every layer / ``avg_flops``),
+    ``avg_exit_layer``, ``layer_speedup`` (``num_hidden_layers / avg_exit_layer``), ``exit_histogram``
+    ({layer: count}).
+    """
+    config = _config_of(preds, config)
+    if len(thresholds) == 0:
+        raise ValueError("sweep_thresholds needs at least one threshold")
+    table = _FlopsTable(config, preds.lengths)
+    return [
+        _evaluate_policy(preds, config, task, criterion, value, table, regression_threshold) for value in thresholds
+    ]
+
+
+def default_thresholds(preds: ExitPredictions, criterion: str, num: int = 60) -> list[float | int]:
+    """Candidate thresholds spanning the criterion's range: quantiles of the observed per-exit scores (where the
+    exit decisions actually change), plus the range's ends. Patience: every value 1..E."""
+    num_exits, num_labels = preds.logits.shape[1:]
+    if criterion == "patience":
+        return list(range(1, num_exits + 1))
+    if criterion not in ("entropy", "confidence"):
+        raise ValueError(f"no thresholds for criterion {criterion!r}: use 'entropy', 'confidence' or 'patience'")
+    log_probs = torch.log_softmax(preds.logits[:, :-1].float(), dim=-1)
+    if criterion == "entropy":
+        scores = -(log_probs.exp() * log_probs).sum(-1).flatten()
+        low, high = 0.0, math.log(max(num_labels, 2))
+    else:
+        scores = log_probs.max(-1).values.exp().flatten()
+        low, high = 0.0, 1.0
+    quantiles = torch.quantile(scores.double(), torch.linspace(0, 1, num, dtype=torch.float64)).tolist()
+    candidates = {round(min(max(q, low), high), 6) for q in quantiles} | {low, high}
+    # Entropy exits when < threshold: the ends (0 = never early, ln C = always at the first exit) both matter.
+    return sorted(candidates, reverse=criterion == "confidence")
+
+
+def calibrate_threshold(
+    model_or_preds: nn.Module | ExitPredictions,
+    dataloader: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    *,
+    task: str,
+    criterion: str = "entropy",
+    max_metric_drop: float | None = None,
+    min_speedup: float | None = None,
+    thresholds: Sequence[float | int] | None = None,
+    config: CostEffConfig | None = None,
+) -> float | int:
+    """The exit threshold (patience for ``"patience"``) that meets a target on a validation set.
+
+    Exactly one target:
+      * ``max_metric_drop``: the largest allowed drop of the task's main metric (in its own units, e.g. ``0.01`` =
+        one accuracy point) below the same model running every layer. Returns the fastest (fewest average FLOPs)
+        threshold within it; ties go to the more accurate one.
+      * ``min_speedup``: the smallest FLOPs speed-up over running every layer. Returns the most accurate threshold
+        reaching it; ties go to the faster one.
+
+    ``model_or_preds``: a CostEff model (with ``dataloader``) or :class:`ExitPredictions`. ``thresholds``: candidates
+    (default :func:`default_thresholds`). Raises ``ValueError`` when no candidate meets the target.
+    """
+    if (max_metric_drop is None) == (min_speedup is None):
+        raise ValueError("give exactly one target: max_metric_drop or min_speedup")
+    if max_metric_drop is not None and not max_metric_drop >= 0:
+        raise ValueError(f"max_metric_drop must be >= 0, got {max_metric_drop}")
+    if min_speedup is not None and not min_speedup >= 1:
+        raise ValueError(f"min_speedup must be >= 1 (a speed-up over running every layer), got {min_speedup}")
+    if isinstance(model_or_preds, ExitPredictions):
+        preds = model_or_preds
+    else:
+        if dataloader is None:
+            raise ValueError("calibrate_threshold needs a dataloader when given a model")
+        preds = collect_exit_logits(model_or_preds, dataloader)
+    config = _config_of(preds, config)
+    candidates = list(thresholds) if thresholds is not None else default_thresholds(preds, criterion)
+    rows = sweep_thresholds(preds, config, task, criterion, candidates)
+    full = sweep_thresholds(preds, config, task, "none", [None])[0]["metric"]
+    if max_metric_drop is not None:
+        # A tiny tolerance so that a drop equal to the target (up to float rounding) counts as meeting it.
+        ok = [r for r in rows if full - r["metric"] <= max_metric_drop + 1e-12]
+        best = min(ok, key=lambda r: (r["avg_flops"], -r["metric"]), default=None)
+        target = f"a metric drop <= {max_metric_drop} (all layers: {full:.4f})"
+    else:
+        ok = [r for r in rows if r["flops_speedup"] >= min_speedup - 1e-12]
+        best = max(ok, key=lambda r: (r["metric"], -r["avg_flops"]), default=None)
+        target = f"a FLOPs speed-up >= {min_speedup}"
+    if best is None:
+        reached = max(rows, key=lambda r: r["flops_speedup"])
+        raise ValueError(
+            f"no {criterion} threshold among {len(rows)} candidates reaches {target}; the fastest candidate gives a "
+            f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
+        )
+    return best[_policy_key(criterion)]
+
+
+def _pad(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of tokenized examples into ``(B, T)`` tensors (T = longest example)."""
+    length = max(len(f["input_ids"]) for f in features)
+    batch = {}
+    for key in _INPUT_KEYS:
+        if key not in features[0]:
+            continue
+        pad = pad_token_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([list(f[key]) + [pad] * (length - len(f[key])) for f in features], dtype=torch.long)
+    return batch
+
+
+def make_batches(features: Sequence[Mapping], batch_size: int, pad_token_id: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Padded input batches (``input_ids``, ``attention_mask``, ``token_type_ids``) of ``batch_size`` examples."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(features) == 0:
+        raise ValueError("make_batches needs at least one example")
+    return [_pad(features[i : i + batch_size], pad_token_id) for i in range(0, len(features), batch_size)]
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    data: Sequence[Mapping] | Iterable[Mapping[str, torch.Tensor]],
+    batch_size: int = 1,
+    repeats: int = 5,
+    warmup: int = 1,
+    **forward_kwargs,
+) -> float:
+    """Median over ``repeats`` timed passes of the mean wall time per batch, in seconds.
+
+    ``data``: tokenized examples (a ``datasets.Dataset`` or a list of dicts, batched here by ``batch_size`` and
+    padded to each batch's longest example) or ready batches of tensors (a DataLoader or list of dicts of tensors).
+    The batches are built before timing; ``warmup`` untimed passes come first. ``forward_kwargs`` go to every call
+    (e.g. ``exit_criterion="entropy", exit_threshold=0.3`` for the real early exit). Throughput is
+    ``batch_size / result`` when every batch is full.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    first = data[0] if isinstance(data, Sequence) or hasattr(data, "__getitem__") else None
+    ids = first.get("input_ids") if first is not None else None
+    if first is not None and not (isinstance(ids, torch.Tensor) and ids.dim() == 2):
+        pad_id = getattr(model.config, "pad_token_id", 0) or 0
+        batches = make_batches(list(data), batch_size, pad_id)
+    else:
+        batches = [_model_inputs(batch, torch.device("cpu")) for batch in data]
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(warmup):
+            for batch in batches:
+                model(**batch, **forward_kwargs)
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for batch in batches:
+                model(**batch, **forward_kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) / len(batches))
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+__all__ = [
+    "ExitPredictions",
+    "calibrate_threshold",
+    "collect_exit_logits",
+    "default_thresholds",
+    "make_batches",
+    "measure_latency",
+    "simulate_early_exit",
+    "sweep_thresholds",
+]

@@ -1,0 +1,188 @@
+"""Model cards for CostEff checkpoints: Hub metadata (``huggingface_hub.ModelCardData`` / ``EvalResult``) plus per-layer
+shapes, parameters and FLOPs against the teacher, per-exit accuracy and the chosen exit threshold.
+
+The Jinja template is package data (``hf_costeff/templates/model_card.md``), the single source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..configuration_costeff import CostEffConfig
+from ..cost import count_parameters, forward_flops
+
+TEMPLATE_NAME = "model_card.md"
+
+
+def card_template() -> str:
+    """The model card's Jinja template, read from the installed package."""
+    return resources.files("hf_costeff").joinpath("templates", TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+def _teacher_cost(teacher_config: Any, seq_length: int) -> dict[str, int] | None:
+    """Parameters and FLOPs of a teacher: a CostEffConfig or a BERT configuration (read as an unpruned CostEff)."""
+    if teacher_config is None:
+        return None
+    if getattr(teacher_config, "model_type", None) != "costeff":
+        fields = {
+            name: getattr(teacher_config, name)
+            for name in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "type_vocab_size",
+            )
+            if hasattr(teacher_config, name)
+        }
+        # A BERT classifier has one pooler + classifier: the same cost as a single dense exit after the last layer.
+        teacher_config = CostEffConfig(
+            **fields,
+            num_labels=getattr(teacher_config, "num_labels", 2),
+            exit_layers=[fields.get("num_hidden_layers", 12)],
+        )
+    params = count_parameters(teacher_config)
+    return {**params, "flops": forward_flops(teacher_config, seq_length)}
+
+
+def _dataset_ids(dataset: str) -> tuple[str, str | None, str]:
+    """``"glue/sst2"`` -> (Hub id ``"nyu-mll/glue"``, config ``"sst2"``, pretty name); other ids are taken as is."""
+    if dataset.startswith("glue/"):
+        task = dataset.split("/", 1)[1]
+        return "nyu-mll/glue", task, f"GLUE {task.upper()}"
+    return dataset, None, dataset
+
+
+def _fmt(value: float | int) -> str:
+    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
+        v = float(value)
+        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(v) >= scale:
+                return f"{v / scale:.2f}{unit}"
+        return str(int(v))
+    return f"{value:.4f}"
+
+
+def build_model_card(
+    model_or_config: Any,
+    teacher_config: Any = None,
+    eval_results: Mapping[str, float] | None = None,
+    dataset: str = "glue/sst2",
+    dataset_split: str = "validation",
+    per_exit_accuracy: Sequence[float] | None = None,
+    average_flops: float | None = None,
+    model_name: str = "costeff-model",
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str = "apache-2.0",
+    library_name: str = "transformers",
+    seq_length: int = 128,
+) -> ModelCard:
+    """A ``ModelCard`` for a CostEff model (or its config).
+
+    Args:
+        eval_results: metric name -> value of the deployed model (its configured exit policy), e.g.
+            ``{"accuracy": 0.91}``; each becomes an ``EvalResult`` of the Hub's ``model-index``.
+        per_exit_accuracy: accuracy of each exit alone (one per ``config.exit_layers``).
+        average_flops: mean FLOPs per example on the evaluation set with early exit (``hf_costeff.average_flops``).
+        teacher_config: the model it was compressed from (BERT or CostEff config) for the comparison columns.
+        seq_length: sequence length at which the full-depth FLOPs are reported.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "model_type", None) != "costeff":
+        raise ValueError(f"write_model_card expects a CostEff model or config, got {type(config).__name__}")
+    if per_exit_accuracy is not None and len(per_exit_accuracy) != config.num_exits:
+        raise ValueError(
+            f"per_exit_accuracy must hold one value per exit ({config.num_exits}), got {len(per_exit_accuracy)}"
+        )
+    dataset_id, dataset_config, dataset_name = _dataset_ids(dataset)
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Text Classification",
+            dataset_type=dataset_id,
+            dataset_name=dataset_name,
+            dataset_config=dataset_config,
+            dataset_split=dataset_split,
+            metric_type=name,
+            metric_value=float(value),
+        )
+        for name, value in (eval_results or {}).items()
+    ]
+    card_data = ModelCardData(
+        library_name=library_name,
+        pipeline_tag="text-classification",
+        license=license,
+        datasets=[dataset_id],
+        metrics=list(eval_results or {}) or None,
+        base_model=base_model,
+        tags=["costeff", "early-exit", "pruning", "bert"],
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    params = count_parameters(config)
+    teacher = _teacher_cost(teacher_config, seq_length)
+    exit_index = {layer: k for k, layer in enumerate(config.exit_layers)}
+    layers = []
+    for i in range(config.num_hidden_layers):
+        k = exit_index.get(i + 1)
+        layers.append(
+            {
+                "layer": i + 1,
+                "heads": config.layer_num_heads[i],
+                "ffn": config.layer_intermediate_sizes[i],
+                "exit": "yes" if k is not None else "",
+                "flops": _fmt(forward_flops(config, seq_length, i + 1)) if k is not None else "",
+                "accuracy": f"{per_exit_accuracy[k]:.4f}" if k is not None and per_exit_accuracy is not None else "",
+            }
+        )
+    dash = "n/a"
+    return ModelCard.from_template(
+        card_data,
+        template_str=card_template(),
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        task_description=f"{dataset_name} text classification",
+        exit_layers=", ".join(map(str, config.exit_layers)),
+        exit_criterion=config.exit_criterion,
+        exit_threshold=config.exit_threshold,
+        teacher_label="teacher" if teacher else "teacher (not given)",
+        params_total=_fmt(params["total"]),
+        params_encoder=_fmt(params["encoder"]),
+        params_embeddings=_fmt(params["embeddings"]),
+        teacher_params_total=_fmt(teacher["total"]) if teacher else dash,
+        teacher_params_encoder=_fmt(teacher["encoder"]) if teacher else dash,
+        teacher_params_embeddings=_fmt(teacher["embeddings"]) if teacher else dash,
+        flops_full=_fmt(forward_flops(config, seq_length)),
+        teacher_flops_full=_fmt(teacher["flops"]) if teacher else dash,
+        average_flops=_fmt(average_flops) if average_flops else None,
+        seq_length=seq_length,
+        embedding_rank=config.embedding_rank or "full (not factorized)",
+        exit_pooler=config.exit_pooler,
+        layers=layers,
+        per_exit_accuracy=per_exit_accuracy,
+        results=[(name, f"{float(value):.4f}") for name, value in (eval_results or {}).items()],
+        dataset_name=dataset_name,
+        dataset_split=dataset_split,
+    )
+
+
+def write_model_card(model: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``README.md`` (the model card of :func:`build_model_card`) into folder ``path``; returns its path."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    card = build_model_card(model, **kwargs)
+    target = folder / "README.md"
+    card.save(target)
+    return target
+
+
+__all__ = ["build_model_card", "card_template", "write_model_card"]

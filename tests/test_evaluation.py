@@ -1,0 +1,195 @@
+"""Evaluation helpers: simulated early exit == the model's real early exit, sweeps, calibration, latency."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from hf_costeff import CostEffForSequenceClassification
+from hf_costeff.cost import average_flops
+from hf_costeff.evaluation import (
+    ExitPredictions,
+    calibrate_threshold,
+    collect_exit_logits,
+    default_thresholds,
+    measure_latency,
+    simulate_early_exit,
+    sweep_thresholds,
+)
+
+
+def _random_model(**overrides) -> CostEffForSequenceClassification:
+    torch.manual_seed(0)
+    model = CostEffForSequenceClassification(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for exit_head in model.exits:  # sharper random exits: examples then leave at different layers
+            exit_head.classifier.weight.mul_(40)
+    return model
+
+
+def _batches(num_batches: int = 3, batch_size: int = 8, vocab: int = 120, seed: int = 1) -> list[dict]:
+    """Random padded batches of varied lengths, with labels."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(num_batches):
+        lengths = torch.randint(3, 17, (batch_size,), generator=generator)
+        ids = torch.randint(1, vocab, (batch_size, int(lengths.max())), generator=generator)
+        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+        batches.append(
+            {
+                "input_ids": ids * mask,
+                "attention_mask": mask,
+                "token_type_ids": torch.zeros_like(ids),
+                "labels": torch.randint(0, 3, (batch_size,), generator=generator),
+            }
+        )
+    return batches
+
+
+def _between_scores(preds: ExitPredictions, criterion: str, count: int) -> list[float]:
+    """Thresholds halfway between distinct observed scores: far from any decision boundary."""
+    log_probs = torch.log_softmax(preds.logits[:, :-1], dim=-1)
+    scores = -(log_probs.exp() * log_probs).sum(-1) if criterion == "entropy" else log_probs.max(-1).values.exp()
+    ordered = scores.flatten().double().sort().values
+    picks = torch.linspace(0.15, 0.85, count)
+    return [float((ordered[int(p * (len(ordered) - 2))] + ordered[int(p * (len(ordered) - 2)) + 1]) / 2) for p in picks]
+
+
+@pytest.mark.parametrize("exit_layers", [None, [1, 3, 4]])
+@pytest.mark.parametrize("criterion", ["entropy", "confidence", "patience"])
+def test_simulated_early_exit_equals_real_early_exit(criterion, exit_layers):
+    model = _random_model(exit_layers=exit_layers)
+    batches = _batches()
+    preds = collect_exit_logits(model, batches)
+    assert preds.logits.shape == (24, model.config.num_exits, 3)
+    assert torch.equal(preds.lengths, torch.cat([b["attention_mask"].sum(-1) for b in batches]))
+    values = (
+        list(range(1, model.config.num_exits + 1)) if criterion == "patience" else _between_scores(preds, criterion, 4)
+    )
+    seen_layers = set()
+    for value in values:
+        kwargs = {"exit_patience": value} if criterion == "patience" else {"exit_threshold": value}
+        with torch.inference_mode():
+            outputs = [
+                model(**{k: v for k, v in b.items() if k != "labels"}, exit_criterion=criterion, **kwargs)
+                for b in batches
+            ]
+        real_layers = torch.cat([o.exit_layer for o in outputs])
+        real_predictions = torch.cat([o.logits.argmax(-1) for o in outputs])
+        layers, predictions = simulate_early_exit(preds, model.config, criterion, value)
+        assert torch.equal(layers, real_layers), (criterion, value)
+        assert torch.equal(predictions, real_predictions), (criterion, value)
+        seen_layers |= set(layers.tolist())
+    # The check means something only if examples actually left at several different exits.
+    assert len(seen_layers) >= 2, seen_layers
+
+
+def test_simulation_extremes_and_bad_policies():
+    model = _random_model()
+    preds = collect_exit_logits(model, _batches(1))
+    layers, predictions = simulate_early_exit(preds, model.config, "none", None)
+    assert layers.eq(4).all() and torch.equal(predictions, preds.logits[:, -1].argmax(-1))
+    layers, _ = simulate_early_exit(preds, model.config, "confidence", 0.0)
+    assert layers.eq(1).all()  # every max probability is >= 0
+    layers, _ = simulate_early_exit(preds, model.config, "entropy", 0.0)
+    assert layers.eq(4).all()  # no entropy is < 0: only the last exit, which always exits
+    with pytest.raises(ValueError, match="exit_threshold"):
+        simulate_early_exit(preds, model.config, "entropy", 5.0)
+    with pytest.raises(ValueError, match="exit_patience"):
+        simulate_early_exit(preds, model.config, "patience", 0)
+    with pytest.raises(ValueError, match="exits"):
+        simulate_early_exit(preds, tiny_config(exit_layers=[2, 4]), "entropy", 0.5)
+
+
+def test_sweep_flops_equal_cost_average_flops():
+    model = _random_model()
+    preds = collect_exit_logits(model, _batches())
+    thresholds = default_thresholds(preds, "entropy", num=12)
+    rows = sweep_thresholds(preds, model.config, "rte", "entropy", thresholds)
+    assert len(rows) == len(thresholds)
+    full = average_flops(model.config, [4] * 24, preds.lengths.tolist())
+    for row in rows:
+        layers, predictions = simulate_early_exit(preds, model.config, "entropy", row["threshold"])
+        assert row["avg_flops"] == average_flops(model.config, layers.tolist(), preds.lengths.tolist())
+        assert row["flops_speedup"] == pytest.approx(full / row["avg_flops"])
+        assert row["metric"] == pytest.approx(float((predictions == preds.labels).float().mean()))
+        assert sum(row["exit_histogram"].values()) == 24
+        assert row["layer_speedup"] == pytest.approx(4 / layers.float().mean().item())
+    # Higher entropy thresholds let examples leave earlier: FLOPs never grow along the sweep.
+    flops = [row["avg_flops"] for row in rows]
+    assert flops == sorted(flops, reverse=True) and flops[0] > flops[-1]
+
+
+def _constructed_predictions() -> ExitPredictions:
+    """10 examples, label 0, 4 exits (uniform layers). The last exit is always right.
+
+    exit 1: examples 0-5 confidently right (entropy 0.04), 6-7 fairly confidently wrong (0.39), 8-9 barely right
+    (0.6919); exits 2-3: barely right for all (0.6919).
+    """
+    logits = torch.zeros(10, 4, 2)
+    logits[:, 1:3] = torch.tensor([0.1, 0.0])
+    logits[:, 3] = torch.tensor([3.0, 0.0])
+    logits[:6, 0] = torch.tensor([5.0, 0.0])
+    logits[6:8, 0] = torch.tensor([0.0, 2.0])
+    logits[8:, 0] = torch.tensor([0.1, 0.0])
+    config = tiny_config(num_labels=2, layer_num_heads=[2] * 4, layer_intermediate_sizes=[16] * 4)
+    return ExitPredictions(logits, torch.zeros(10, dtype=torch.long), torch.full((10,), 8), config)
+
+
+def test_calibrate_threshold_meets_its_target():
+    preds = _constructed_predictions()
+    candidates = [0.0, 0.1, 0.5, math.log(2)]
+    accuracy = {row["threshold"]: row["metric"] for row in sweep_thresholds(preds, None, "rte", "entropy", candidates)}
+    assert accuracy == pytest.approx({0.0: 1.0, 0.1: 1.0, 0.5: 0.8, math.log(2): 0.8})
+    # No accuracy lost: the fastest exact threshold is 0.1 (six examples leave at layer 1).
+    assert calibrate_threshold(preds, task="rte", max_metric_drop=0.0, thresholds=candidates) == 0.1
+    # Up to 0.2 lost: the fastest of all (everyone leaves at layer 1).
+    assert calibrate_threshold(preds, task="rte", max_metric_drop=0.2, thresholds=candidates) == math.log(2)
+    # Speed-up >= 1.5: 0.1 gives ~1.8x at full accuracy, the most accurate one reaching it.
+    assert calibrate_threshold(preds, task="rte", min_speedup=1.5, thresholds=candidates) == 0.1
+    # Speed-up >= 3: only ln 2 (~4x) reaches it.
+    assert calibrate_threshold(preds, task="rte", min_speedup=3.0, thresholds=candidates) == math.log(2)
+    # Default candidates find a threshold meeting the target too.
+    found = calibrate_threshold(preds, task="rte", max_metric_drop=0.0)
+    row = sweep_thresholds(preds, None, "rte", "entropy", [found])[0]
+    assert row["metric"] == 1.0 and row["flops_speedup"] > 1.7
+
+
+def test_calibrate_threshold_refuses_impossible_or_ambiguous_targets():
+    preds = _constructed_predictions()
+    with pytest.raises(ValueError, match="speed-up >= 10"):
+        calibrate_threshold(preds, task="rte", min_speedup=10.0)
+    with pytest.raises(ValueError, match="metric drop <= 0.0"):
+        calibrate_threshold(preds, task="rte", max_metric_drop=0.0, thresholds=[0.5, math.log(2)])
+    with pytest.raises(ValueError, match="exactly one target"):
+        calibrate_threshold(preds, task="rte", max_metric_drop=0.1, min_speedup=2.0)
+    with pytest.raises(ValueError, match="exactly one target"):
+        calibrate_threshold(preds, task="rte")
+    with pytest.raises(ValueError, match="dataloader"):
+        calibrate_threshold(_random_model(), task="rte", max_metric_drop=0.1)
+
+
+def test_calibrate_threshold_from_a_model_and_patience():
+    model = _random_model(num_labels=2)
+    batches = _batches()
+    for batch in batches:
+        batch["labels"] = batch["labels"] % 2
+    patience = calibrate_threshold(model, batches, task="rte", criterion="patience", max_metric_drop=0.0)
+    assert patience in range(1, 5)
+    preds = collect_exit_logits(model, batches)
+    row = sweep_thresholds(preds, None, "rte", "patience", [patience])[0]
+    full = sweep_thresholds(preds, None, "rte", "none", [None])[0]
+    assert row["metric"] >= full["metric"]
+
+
+def test_measure_latency_runs_the_real_early_exit():
+    model = _random_model()
+    features = [{"input_ids": list(range(1, 1 + n)), "attention_mask": [1] * n} for n in (3, 9, 5, 12)]
+    seconds = measure_latency(model, features, batch_size=2, repeats=3, exit_criterion="entropy", exit_threshold=0.5)
+    assert 0 < seconds < 5
+    assert model.training is False
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(model, features, repeats=0)
