@@ -107,11 +107,18 @@ def test_corrupt_safetensors(saved, damage):
 
 
 def test_bert_checkpoint_where_costeff_expected(minilm_path):
-    # transformers itself loads it with random exits and only a logged report; load_costeff refuses it.
-    model, info = CostEffForSequenceClassification.from_pretrained(minilm_path, output_loading_info=True)
-    assert info["missing_keys"]
+    # transformers alone would load it with random exits and only a logged report; both entry points refuse it.
+    with pytest.raises(ValueError, match="'bert' checkpoint, not a CostEff one.*from_bert"):
+        CostEffForSequenceClassification.from_pretrained(minilm_path)
     with pytest.raises(ValueError, match="'bert' checkpoint, not a CostEff one"):
         load_costeff(minilm_path)
+    from transformers import AutoModelForSequenceClassification
+
+    # The Auto class still resolves a BERT folder to BERT: the check does not get in its way.
+    assert (
+        type(AutoModelForSequenceClassification.from_pretrained(minilm_path)).__name__
+        == "BertForSequenceClassification"
+    )
 
 
 def test_thresholds_out_of_range(model, minilm_tokenizer):

@@ -71,7 +71,7 @@ def test_saved_folder_is_self_contained(hub_cache):
     assert json.loads((snapshot / "config.json").read_text())["auto_map"] == AUTO_MAP
     # No leftover temporary folders beside the target.
     assert [p.name for p in snapshot.parent.iterdir()] == [SHA]
-    # The shipped modeling file imports only torch, transformers and its configuration (module level), and from_bert
+    # The shipped modeling file imports only the standard library, torch, transformers and its configuration (module level), and from_bert
     # imports only transformers lazily: nothing that a user without hf_costeff lacks.
     tree = ast.parse((snapshot / "modeling_costeff.py").read_text())
     roots = set()
@@ -80,7 +80,15 @@ def test_saved_folder_is_self_contained(hub_cache):
             roots |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             roots.add("." + node.module if node.level else node.module.split(".")[0])
-    assert roots <= {"__future__", "collections", "dataclasses", "torch", "transformers", ".configuration_costeff"}
+    assert roots <= {
+        "__future__",
+        "os",
+        "collections",
+        "dataclasses",
+        "torch",
+        "transformers",
+        ".configuration_costeff",
+    }
 
 
 def test_remote_code_load_without_hf_costeff(hub_cache, minilm_costeff, minilm_tokenizer, tmp_path):

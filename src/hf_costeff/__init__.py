@@ -1,6 +1,14 @@
 """hf-costeff: slenderized multi-exit BERT (COST-EFF) for the Hugging Face ecosystem.
 
-Importing the package registers ``CostEffConfig`` and the CostEff models with the Auto classes.
+Four places, one per stage:
+
+* the model: ``configuration_costeff`` / ``modeling_costeff`` (``CostEffConfig``, ``CostEffForSequenceClassification``);
+* the slenderization: ``hf_costeff.slenderize`` (exit-aware importance, real pruning, embedding factorization);
+* the training: ``hf_costeff.training`` (``MultiExitTrainer``, ``SlenderizeCallback``);
+* the serving: ``hf_costeff.serving`` (Hub packaging, strict loading, device maps, the early-exit pipeline).
+
+Importing the package registers ``CostEffConfig`` and the CostEff models with the Auto classes and the
+``"costeff-text-classification"`` pipeline task.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
@@ -18,6 +26,35 @@ AutoConfig.register("costeff", CostEffConfig, exist_ok=True)
 AutoModel.register(CostEffConfig, CostEffModel, exist_ok=True)
 AutoModelForSequenceClassification.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=True)
 
+from .serving import EarlyExitTextClassificationPipeline, load_costeff, push_costeff_to_hub  # noqa: E402  (registers the task)
+
+# Imported on first use: ``transformers.Trainer`` and ``datasets`` add seconds to ``import hf_costeff``.
+_LAZY = {
+    "compute_glue_metrics": "data",
+    "load_glue": "data",
+    "tokenize_glue": "data",
+    "calibrate_threshold": "evaluation",
+    "collect_exit_logits": "evaluation",
+    "simulate_early_exit": "evaluation",
+    "sweep_thresholds": "evaluation",
+    "PruningConfig": "slenderize",
+    "compute_importance": "slenderize",
+    "factorize_embeddings": "slenderize",
+    "plan_widths": "slenderize",
+    "prune_model": "slenderize",
+    "MultiExitTrainer": "training",
+    "SlenderizeCallback": "training",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib  # noqa: PLC0415
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -26,8 +63,25 @@ __all__ = [
     "CostEffModel",
     "CostEffPreTrainedModel",
     "CostEffSequenceClassifierOutput",
+    "EarlyExitTextClassificationPipeline",
+    "MultiExitTrainer",
+    "PruningConfig",
+    "SlenderizeCallback",
     "average_flops",
+    "calibrate_threshold",
+    "collect_exit_logits",
+    "compute_glue_metrics",
+    "compute_importance",
     "count_parameters",
+    "factorize_embeddings",
     "forward_flops",
     "layer_flops",
+    "load_costeff",
+    "load_glue",
+    "plan_widths",
+    "prune_model",
+    "push_costeff_to_hub",
+    "simulate_early_exit",
+    "sweep_thresholds",
+    "tokenize_glue",
 ]

@@ -23,7 +23,7 @@ from torch import nn
 from .configuration_costeff import CostEffConfig, validate_exit_policy
 from .cost import forward_flops
 from .data import compute_glue_metrics, get_task
-from .modeling_costeff import _confident
+from .modeling_costeff import exit_confident
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -139,7 +139,7 @@ def simulate_early_exit(
     done = torch.zeros(n, num_exits, dtype=torch.bool)
     if criterion in ("entropy", "confidence"):
         for k in range(num_exits):
-            done[:, k] = _confident(logits[:, k], criterion, threshold_or_patience)
+            done[:, k] = exit_confident(logits[:, k], criterion, threshold_or_patience)
     elif criterion == "patience":
         agree = torch.zeros(n, dtype=torch.long)
         for k in range(1, num_exits):

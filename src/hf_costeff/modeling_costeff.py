@@ -8,13 +8,14 @@ It travels alone to the Hub (``trust_remote_code``), so it imports only torch, t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
@@ -41,7 +42,8 @@ class CostEffEmbeddings(nn.Module):
         self.word_embeddings = nn.Embedding(
             config.vocab_size, rank or config.hidden_size, padding_idx=config.pad_token_id
         )
-        self.word_embeddings_proj = nn.Linear(rank, config.hidden_size, bias=False) if rank else None
+        # Registered even when absent so that factorizing later puts it where the checkpoint order expects it.
+        self.register_module("word_embeddings_proj", nn.Linear(rank, config.hidden_size, bias=False) if rank else None)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -262,6 +264,20 @@ class CostEffPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CostEffEmbeddings", "CostEffLayer"]
     # forward takes **kwargs for attention backends; it does not take Trainer's num_items_in_batch.
     accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that refuses a checkpoint of another architecture.
+
+        transformers would load a BERT folder into a CostEff class with freshly initialised exits and only a logged
+        load report: a model that runs and answers at random. Such a checkpoint is converted with
+        [`CostEffForSequenceClassification.from_bert`] instead.
+        """
+        if pretrained_model_name_or_path is not None and not isinstance(kwargs.get("config"), PretrainedConfig):
+            hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            config_dict, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            check_costeff_checkpoint(config_dict, pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -528,7 +544,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
                 agree = self._patience_update(agree, previous, exit_logits, threshold)
                 done, previous = agree >= patience, exit_logits
             else:
-                done = _confident(exit_logits, criterion, threshold)
+                done = exit_confident(exit_logits, criterion, threshold)
             if k == len(self.exits) - 1:
                 done = torch.ones_like(done)
             logits[active[done]] = exit_logits[done].to(logits.dtype)
@@ -650,8 +666,25 @@ def convert_bert_state_dict(
     return state
 
 
-def _confident(logits: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
-    """Per-row exit decision. ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``."""
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "token", "revision", "subfolder")
+
+
+def check_costeff_checkpoint(config_dict: dict, name: str | os.PathLike) -> None:
+    """Raise a ``ValueError`` unless ``config_dict`` (a checkpoint's config.json) describes a CostEff model."""
+    model_type = config_dict.get("model_type")
+    if model_type != "costeff":
+        raise ValueError(
+            f"{str(name)!r} is a {model_type!r} checkpoint, not a CostEff one (model_type 'costeff'); "
+            "convert it with CostEffForSequenceClassification.from_bert(...)"
+        )
+
+
+def exit_confident(logits: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
+    """Per-row exit decision for ``entropy`` (exit below the threshold) or ``confidence`` (exit at or above it).
+
+    ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``. ``patience`` is decided from consecutive agreeing exits,
+    not from one exit's logits, so it is handled by the caller.
+    """
     log_probs = F.log_softmax(logits.float(), dim=-1)
     if criterion == "entropy":
         # -sum p log p from log-probabilities: finite even where p underflows to 0 (a NaN in the reference code).
@@ -676,4 +709,7 @@ __all__ = [
     "CostEffModel",
     "CostEffPreTrainedModel",
     "CostEffSequenceClassifierOutput",
+    "check_costeff_checkpoint",
+    "convert_bert_state_dict",
+    "exit_confident",
 ]

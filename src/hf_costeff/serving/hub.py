@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from ..configuration_costeff import CostEffConfig
-from ..modeling_costeff import CostEffForSequenceClassification, CostEffModel
+from ..modeling_costeff import _HUB_KWARGS, CostEffForSequenceClassification, CostEffModel, check_costeff_checkpoint
 
 #: ``auto_map`` written into config.json: class paths relative to the code files saved beside the weights.
 AUTO_MAP: dict[str, str] = {
@@ -143,9 +143,6 @@ def save_pretrained_atomic(
     return target
 
 
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-
-
 def load_costeff(
     path_or_repo_id: str | os.PathLike,
     model_class: type[PreTrainedModel] = CostEffForSequenceClassification,
@@ -166,12 +163,7 @@ def load_costeff(
     """
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     config_dict, _ = CostEffConfig.get_config_dict(path_or_repo_id, **hub_kwargs)
-    model_type = config_dict.get("model_type")
-    if model_type != "costeff":
-        raise ValueError(
-            f"{str(path_or_repo_id)!r} is a {model_type!r} checkpoint, not a CostEff one (model_type 'costeff'); "
-            "convert it with CostEffForSequenceClassification.from_bert(...)"
-        )
+    check_costeff_checkpoint(config_dict, path_or_repo_id)
     CostEffConfig.from_dict(config_dict)  # raises ValueError naming a bad field before any weight is read
     kwargs = {k: v for k, v in kwargs.items() if k not in ("output_loading_info", "ignore_mismatched_sizes")}
     try:
