@@ -86,6 +86,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--exit_pooling",
+        choices=["cls", "mean"],
+        default=None,
+        help="what the multi-exit models' exits read (default: 'mean' for the packaged MiniLM, a mean-pooled "
+        "sentence-transformers encoder whose early [CLS] states carry no sentence information; 'cls' otherwise)",
+    )
     p.add_argument("--skip_latency", action="store_true")
     return p.parse_args(argv)
 
@@ -130,9 +137,11 @@ def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, **loss_kwargs):
     return trainer.model.eval()
 
 
-def cached(ctx, name: str, build, cls):
-    """Load stage ``name`` from the cache, or build it (timed) and save it there."""
-    path = ctx["cache"] / name
+def cached(ctx, name: str, build, cls, pooled: bool = False):
+    """Load stage ``name`` from the cache, or build it (timed) and save it there. ``pooled``: the stage depends on
+    ``--exit_pooling``, which is then part of its cache key."""
+    pooling = ctx["args"].exit_pooling
+    path = ctx["cache"] / (f"{name}_{pooling}" if pooled and pooling != "cls" else name)
     if (path / "config.json").exists():
         log.info("[%s] loaded from %s", name, path)
         model = cls.from_pretrained(path).eval()
@@ -168,19 +177,22 @@ def build_teacher(ctx):
 
 def build_deebert(ctx, teacher):
     args = ctx["args"]
-    model = CostEffForSequenceClassification.from_bert(teacher, exit_pooler="dense", gradient_equilibrium=False)
-    n = model.config.num_exits
-    # Stage 2 of DeeBERT: only the intermediate exits learn; the backbone and the final classifier are the teacher's.
-    model.requires_grad_(False)
-    for head in model.exits[:-1]:
-        head.requires_grad_(True)
-    model = train_multi_exit(
-        model, ctx, epochs=args.epochs, lr=args.exit_lr, alpha=1.0, exit_loss_weights=[1.0] * (n - 1) + [0.0]
+    model = CostEffForSequenceClassification.from_bert(
+        teacher, exit_pooler="dense", gradient_equilibrium=False, exit_pooling=args.exit_pooling
     )
+    n = model.config.num_exits
+    # Stage 2 of DeeBERT: only the exits learn on the frozen teacher backbone. With [CLS] pooling the final exit is
+    # the teacher's classifier and stays as it is; with mean pooling it reads other features and is re-fit too.
+    trained = n if args.exit_pooling == "mean" else n - 1
+    model.requires_grad_(False)
+    for head in model.exits[:trained]:
+        head.requires_grad_(True)
+    weights = [1.0] * trained + [0.0] * (n - trained)
+    model = train_multi_exit(model, ctx, epochs=args.epochs, lr=args.exit_lr, alpha=1.0, exit_loss_weights=weights)
     model.requires_grad_(True)
     return model, {
-        "recipe": f"two-stage: backbone = teacher, exits 1..{n - 1} trained {args.epochs} ep (frozen "
-        f"backbone), lr {args.exit_lr}"
+        "recipe": f"two-stage: backbone = teacher, exits 1..{trained} ({args.exit_pooling} pooling) trained "
+        f"{args.epochs} ep (frozen backbone), lr {args.exit_lr}"
     }
 
 
@@ -192,6 +204,7 @@ def build_pabee(ctx):
         ctx["model_path"],
         num_labels=ctx["num_labels"],
         exit_pooler="dense",
+        exit_pooling=args.exit_pooling,
         gradient_equilibrium=False,
         exit_loss_weights=weights,
     )
@@ -206,7 +219,7 @@ def teacher_as_costeff(teacher, **overrides) -> CostEffForSequenceClassification
 def build_ta(ctx, teacher):
     """COST-EFF's teaching assistant: every exit, tanh pooler, distilled from the teacher (+ hard labels)."""
     args = ctx["args"]
-    model = teacher_as_costeff(teacher, exit_pooler="tanh", gradient_equilibrium=True)
+    model = teacher_as_costeff(teacher, exit_pooler="tanh", exit_pooling=args.exit_pooling, gradient_equilibrium=True)
     model = train_multi_exit(
         model,
         ctx,
@@ -217,7 +230,9 @@ def build_ta(ctx, teacher):
         beta=0.5,
         gamma=1.0,
     )
-    return model, {"recipe": f"from teacher, tanh exits, 0.5 CE + 0.5 pred-KD(teacher) + hidden-KD, {args.epochs} ep"}
+    return model, {
+        "recipe": f"from teacher, tanh {args.exit_pooling}-pooled exits, 0.5 CE + 0.5 pred-KD(teacher) + hidden-KD, {args.epochs} ep"
+    }
 
 
 def slenderize(model, ctx, *, heads, ffn, rank, exit_weighting, importance_teacher):
@@ -367,6 +382,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     spec = get_task(args.task)
     model_path = args.model_name_or_path or _default_model()
+    if args.exit_pooling is None:
+        args.exit_pooling = "cls" if args.model_name_or_path else "mean"
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenized = tokenize_glue(load_glue(args.task, args.glue_dir), tokenizer, args.task, max_length=args.max_length)
     pool = tokenized["train"].shuffle(seed=args.seed)
@@ -404,20 +421,20 @@ def main(argv=None) -> None:
     teacher_ce = teacher_as_costeff(teacher, exit_layers=[ctx["num_layers"]])
     models = {"teacher": (teacher, "teacher", "none", None, teacher_ce.config)}
     models["deebert"] = (
-        cached(ctx, "deebert", lambda: build_deebert(ctx, teacher), CostEffForSequenceClassification),
+        cached(ctx, "deebert", lambda: build_deebert(ctx, teacher), CostEffForSequenceClassification, pooled=True),
         "deebert",
         "entropy",
         None,
         None,
     )
     models["pabee"] = (
-        cached(ctx, "pabee", lambda: build_pabee(ctx), CostEffForSequenceClassification),
+        cached(ctx, "pabee", lambda: build_pabee(ctx), CostEffForSequenceClassification, pooled=True),
         "pabee",
         "patience",
         None,
         None,
     )
-    ta = cached(ctx, "costeff_ta", lambda: build_ta(ctx, teacher), CostEffForSequenceClassification)
+    ta = cached(ctx, "costeff_ta", lambda: build_ta(ctx, teacher), CostEffForSequenceClassification, pooled=True)
     models["costeff_ta"] = (ta, "costeff_ta", "entropy", None, None)
     for width in widths:
         tag = "h{}_f{}_r{}".format(*width)
@@ -431,7 +448,13 @@ def main(argv=None) -> None:
             None,
         )
         models[f"costeff_{tag}"] = (
-            cached(ctx, f"costeff_{tag}", lambda w=width: build_costeff(ctx, ta, w), CostEffForSequenceClassification),
+            cached(
+                ctx,
+                f"costeff_{tag}",
+                lambda w=width: build_costeff(ctx, ta, w),
+                CostEffForSequenceClassification,
+                pooled=True,
+            ),
             "costeff",
             "entropy",
             list(width),

@@ -44,6 +44,8 @@ from transformers import (
 
 from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
+from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
+from hf_costeff.serving import write_model_card
 from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
 
 logger = logging.getLogger("run_costeff_glue")
@@ -72,6 +74,10 @@ class CostEffArguments:
         },
     )
     exit_pooler: str = field(default="tanh", metadata={"help": "'tanh' (COST-EFF) or 'dense' (BERT pooler)."})
+    exit_pooling: str = field(
+        default="cls",
+        metadata={"help": "'cls' (BERT) or 'mean' of real tokens (mean-pooled backbones such as the packaged MiniLM)."},
+    )
     target_heads: int | None = field(default=None, metadata={"help": "Heads kept per layer at the end."})
     target_ffn: int | None = field(default=None, metadata={"help": "FFN neurons kept per layer at the end."})
     encoder_keep_fraction: float | None = field(
@@ -86,6 +92,16 @@ class CostEffArguments:
     gamma: float | None = field(default=None, metadata={"help": "Hidden-KD weight (default 1)."})
     temperature: float = field(default=1.0)
     eval_thresholds: str = field(default="0.1,0.3", metadata={"help": "Entropy thresholds evaluated at the end."})
+    calibration_samples: int = field(
+        default=500, metadata={"help": "Held-out training rows on which the saved exit threshold is calibrated."}
+    )
+    max_metric_drop: float = field(
+        default=0.01,
+        metadata={
+            "help": "The saved model exits at the fastest entropy threshold losing at most this (main metric) on the "
+            "calibration rows against running every layer."
+        },
+    )
 
 
 def resolve_model_path(name: str) -> str:
@@ -105,6 +121,19 @@ def glue_metric_fn(task: str):
         return compute_glue_metrics(task, predictions, prediction.label_ids)
 
     return compute
+
+
+def split_train_and_calibration(train, cargs, seed: int):
+    """Shuffled training rows, and ``--calibration_samples`` *other* training rows on which the saved model's exit
+    threshold is chosen (never the dev set, which reports it)."""
+    pool = train.shuffle(seed=seed)
+    n_calib = cargs.calibration_samples
+    if n_calib < 1 or n_calib >= len(pool):
+        raise ValueError(f"--calibration_samples must be in [1, {len(pool) - 1}], got {n_calib}")
+    n_train = len(pool) - n_calib
+    if cargs.max_train_samples is not None:
+        n_train = min(n_train, cargs.max_train_samples)
+    return pool.select(range(n_train)), pool.select(range(len(pool) - n_calib, len(pool)))
 
 
 def stage1_teacher(cargs, targs, tokenizer, data, collator):
@@ -149,55 +178,47 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
     return teacher, metrics
 
 
-def write_model_card(folder: Path, cargs, results: dict, config) -> None:
-    task = cargs.task_name
-    main = get_task(task).main_metric
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [costeff, early-exit, pruning, distillation]",
-        "datasets: [nyu-mll/glue]",
-        "---",
-        "",
-        f"# CostEff {task.upper()} (slenderized multi-exit BERT)",
-        "",
-        f"Distilled from `{cargs.teacher_name_or_path or cargs.model_name_or_path}` and slenderized during training "
-        "with `hf_costeff` (`examples/run_costeff_glue.py`).",
-        "",
-        f"- heads per layer: {config.layer_num_heads}",
-        f"- FFN per layer: {config.layer_intermediate_sizes}",
-        f"- embedding rank: {config.embedding_rank}",
-        f"- parameters: {count_parameters(config)}",
-        "",
-        f"| exit layer | dev {main} |",
-        "|---|---|",
-    ]
-    lines += [
-        f"| {layer} | {results.get(f'eval_exit{layer}_{main}', float('nan')):.4f} |" for layer in config.exit_layers
-    ]
-    lines += [
-        "",
-        "| entropy threshold | dev " + main + " | avg exit layer | FLOPs vs all layers |",
-        "|---|---|---|---|",
-    ]
-    for t in [x for x in cargs.eval_thresholds.split(",") if x]:
-        p = f"eval_entropy_{float(t):g}_"
-        lines.append(
-            f"| {t} | {results.get(p + main, float('nan')):.4f} | "
-            f"{results.get(p + 'avg_exit_layer', float('nan')):.2f} | "
-            f"{results.get(p + 'flops_ratio', float('nan')):.3f} |"
-        )
-    lines += [
-        "",
-        "```python",
-        "import hf_costeff  # registers the CostEff Auto classes",
-        "from transformers import AutoModelForSequenceClassification",
-        "model = AutoModelForSequenceClassification.from_pretrained('PATH')",
-        "out = model(**batch, exit_criterion='entropy', exit_threshold=0.3)  # per-example early exit",
-        "```",
-        "",
-    ]
-    (folder / "README.md").write_text("\n".join(lines))
+def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
+    """Set the model's entropy threshold from the calibration rows; report it and its dev cost in ``results``."""
+    model, task = trainer.model, cargs.task_name
+    threshold = calibrate_threshold(
+        model,
+        trainer.get_eval_dataloader(data["calibration"]),
+        task=task,
+        criterion="entropy",
+        max_metric_drop=cargs.max_metric_drop,
+    )
+    model.config.exit_criterion, model.config.exit_threshold = "entropy", float(threshold)
+    dev = collect_exit_logits(model, trainer.get_eval_dataloader(data["validation"]))
+    row = sweep_thresholds(dev, model.config, task, "entropy", [threshold])[0]
+    results.update(
+        {
+            "deployed_exit_threshold": float(threshold),
+            f"deployed_{get_task(task).main_metric}": row["metric"],
+            "deployed_avg_exit_layer": row["avg_exit_layer"],
+            "deployed_avg_flops": row["avg_flops"],
+            "deployed_flops_speedup": row["flops_speedup"],
+        }
+    )
+
+
+def save_final_model(trainer, folder: Path, cargs, results: dict, teacher_config) -> None:
+    """Save the slenderized model with its calibrated exit policy, its tokenizer and its model card."""
+    model, task = trainer.model, cargs.task_name
+    main_metric = get_task(task).main_metric
+    trainer.save_model(str(folder))
+    write_model_card(
+        model,
+        folder,
+        teacher_config=teacher_config,
+        eval_results={main_metric: results[f"deployed_{main_metric}"]},
+        dataset=f"glue/{task}",
+        per_exit_accuracy=[results[f"eval_exit{layer}_{main_metric}"] for layer in model.config.exit_layers],
+        average_flops=results["deployed_avg_flops"],
+        model_name=f"costeff-{task}",
+        base_model=None if os.path.isdir(cargs.model_name_or_path) else cargs.model_name_or_path,  # Hub ids only
+        seq_length=cargs.max_seq_length,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -218,10 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(cargs.teacher_name_or_path or cargs.model_name_or_path)
     raw = load_glue(cargs.task_name, cargs.glue_dir)
-    if cargs.max_train_samples is not None:
-        raw["train"] = (
-            raw["train"].shuffle(seed=targs.seed).select(range(min(cargs.max_train_samples, len(raw["train"]))))
-        )
+    raw["train"], raw["calibration"] = split_train_and_calibration(raw["train"], cargs, targs.seed)
     if cargs.max_eval_samples is not None:
         raw["validation"] = raw["validation"].select(range(min(cargs.max_eval_samples, len(raw["validation"]))))
     data = tokenize_glue(raw, tokenizer, cargs.task_name, max_length=cargs.max_seq_length)
@@ -235,7 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
         student = CostEffForSequenceClassification.from_pretrained(cargs.teacher_name_or_path)
     else:
         student = CostEffForSequenceClassification.from_bert(
-            source, num_labels=get_task(cargs.task_name).num_labels, exit_pooler=cargs.exit_pooler
+            source,
+            num_labels=get_task(cargs.task_name).num_labels,
+            exit_pooler=cargs.exit_pooler,
+            exit_pooling=cargs.exit_pooling,
         )
     full_config = student.config
 
@@ -296,8 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     final = Path(targs.output_dir) / "final"
-    trainer.save_model(str(final))
-    write_model_card(final, cargs, results, config)
+    calibrate_exit_policy(trainer, data, cargs, results)
+    save_final_model(trainer, final, cargs, results, teacher.config)
     results_path = Path(targs.output_dir) / "all_results.json"
     results_path.write_text(json.dumps(results, indent=2, default=float))
     main_metric = get_task(cargs.task_name).main_metric
@@ -312,6 +333,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"Encoder parameters: {results['student_params']['encoder']:,} "
         f"({results['student_encoder_fraction_of_teacher']:.3f} of the teacher's)"
+    )
+    print(
+        f"Saved exit policy: entropy < {results['deployed_exit_threshold']:.4f} (calibrated on "
+        f"{cargs.calibration_samples} held-out train rows): dev {main_metric}={results[f'deployed_{main_metric}']:.4f}, "
+        f"avg exit layer {results['deployed_avg_exit_layer']:.2f}, {results['deployed_flops_speedup']:.2f}x fewer FLOPs"
     )
     print(f"Model written to {final}\nMetrics written to {results_path}\nWall time {results['wall_seconds']:.0f} s")
     return results

@@ -31,6 +31,7 @@ def test_json_round_trip_through_autoconfig(tmp_path):
         exit_layers=[2, 4, 6],
         exit_criterion="entropy",
         exit_threshold=0.25,
+        exit_pooling="mean",
     )
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
@@ -42,6 +43,7 @@ def test_json_round_trip_through_autoconfig(tmp_path):
         "exit_layers",
         "exit_criterion",
         "exit_threshold",
+        "exit_pooling",
     ):
         assert getattr(loaded, field) == getattr(config, field), field
 
@@ -63,6 +65,7 @@ INVALID = [
     ("exit_layers last", dict(exit_layers=[1, 2]), "exit_layers"),
     ("exit_layers empty", dict(exit_layers=[]), "exit_layers"),
     ("exit_pooler", dict(exit_pooler="mean"), "exit_pooler"),
+    ("exit_pooling", dict(exit_pooling="max"), "exit_pooling must be one of"),
     ("exit_criterion", dict(exit_criterion="margin"), "exit_criterion"),
     ("entropy threshold missing", dict(exit_criterion="entropy"), "exit_threshold"),
     ("entropy threshold range", dict(exit_criterion="entropy", exit_threshold=0.9), "out of range"),

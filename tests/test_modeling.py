@@ -67,12 +67,14 @@ def test_from_bert_refuses_a_non_bert_checkpoint(tmp_path):
         CostEffForSequenceClassification.from_bert(str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def spread_exit_model(minilm_path, minilm_tokenizer, sst2_sentences):
+@pytest.fixture(scope="module", params=["cls", "mean"])
+def spread_exit_model(request, minilm_path, minilm_tokenizer, sst2_sentences):
     """A converted MiniLM whose exits have large random classifiers centred on the batch's median logit gap, so
-    predictions and confidence vary across examples and layers."""
+    predictions and confidence vary across examples and layers; exits pool [CLS] or the mean of real tokens."""
     torch.manual_seed(0)
-    model = CostEffForSequenceClassification.from_bert(minilm_path, num_labels=2, init_exits_from_final=False).eval()
+    model = CostEffForSequenceClassification.from_bert(
+        minilm_path, num_labels=2, init_exits_from_final=False, exit_pooling=request.param
+    ).eval()
     generator = torch.Generator().manual_seed(1)
     batch = minilm_tokenizer(sst2_sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -245,3 +247,14 @@ def test_zero_width_layers_run_and_backpropagate():
     out = model(input_ids=torch.randint(0, 120, (2, 5)), labels=torch.tensor([1, 2]))
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_mean_pooling_exits_ignore_padding(minilm_path, minilm_tokenizer, sst2_sentences):
+    model = CostEffForSequenceClassification.from_bert(minilm_path, num_labels=2, exit_pooling="mean").eval()
+    short = minilm_tokenizer(sst2_sentences[:4], padding=True, return_tensors="pt")
+    padded = minilm_tokenizer(sst2_sentences[:4], padding="max_length", max_length=96, return_tensors="pt")
+    with torch.no_grad():
+        a, b = model(**short).all_exit_logits, model(**padded).all_exit_logits
+        cls = CostEffForSequenceClassification.from_bert(minilm_path, num_labels=2).eval()(**short).all_exit_logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (a - cls).abs().max() > 1e-3  # mean pooling really reads other tokens than [CLS]

@@ -62,6 +62,7 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "num_labels": args.num_labels,
         "exit_pooler": args.exit_pooler,
+        "exit_pooling": args.exit_pooling,
         "exit_criterion": args.exit_criterion,
         "exit_threshold": args.exit_threshold,
     }
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bert"), p.add_argument("output_dir")
     p.add_argument("--num_labels", type=int, default=2)
     p.add_argument("--exit_pooler", choices=["dense", "tanh"], default="dense")
+    p.add_argument("--exit_pooling", choices=["cls", "mean"], default="cls", help="token(s) each exit reads")
     p.add_argument("--exit_layers", help="comma-separated 1-based layers (default: every layer)")
     p.add_argument("--exit_criterion", default="none", choices=["entropy", "confidence", "patience", "none"])
     p.add_argument("--exit_threshold", type=float)

@@ -11,6 +11,7 @@ from transformers import PretrainedConfig
 
 EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
+EXIT_POOLINGS = ("cls", "mean")
 
 
 def validate_exit_policy(
@@ -74,6 +75,10 @@ class CostEffConfig(PretrainedConfig):
             ``"dense"``: each exit pools [CLS] with its own ``Linear(hidden, hidden)`` + tanh, as BERT's pooler (needed to
             reproduce a BERT classifier exactly). ``"tanh"``: tanh of [CLS] with no dense layer, as COST-EFF does
             (saves ``hidden_size**2`` parameters per exit).
+        exit_pooling (`str`, defaults to `"cls"`):
+            Which token representation each exit reads: ``"cls"``, the first token's (BERT, COST-EFF), or ``"mean"``,
+            the mean over the real (unmasked) tokens, for backbones trained with mean pooling such as
+            sentence-transformers' MiniLM, whose [CLS] carries no sentence information in its early layers.
         exit_criterion (`str`, defaults to `"none"`):
             Inference policy in eval mode: ``"entropy"`` (exit when the prediction entropy, natural log, is
             ``< exit_threshold``), ``"confidence"`` (exit when the max probability is ``>= exit_threshold``),
@@ -122,6 +127,7 @@ class CostEffConfig(PretrainedConfig):
         embedding_rank: int | None = None,
         exit_layers: list[int] | None = None,
         exit_pooler: str = "dense",
+        exit_pooling: str = "cls",
         exit_criterion: str = "none",
         exit_threshold: float | None = None,
         exit_patience: int = 2,
@@ -147,6 +153,7 @@ class CostEffConfig(PretrainedConfig):
         self.embedding_rank = embedding_rank
         self.exit_layers = list(exit_layers) if exit_layers is not None else None
         self.exit_pooler = exit_pooler
+        self.exit_pooling = exit_pooling
         self.exit_criterion = exit_criterion
         self.exit_threshold = exit_threshold
         self.exit_patience = exit_patience
@@ -224,6 +231,8 @@ class CostEffConfig(PretrainedConfig):
             raise ValueError(f"exit_layers must be strictly increasing and end with the last layer ({n}), got {layers}")
         if self.exit_pooler not in EXIT_POOLERS:
             raise ValueError(f"exit_pooler must be one of {EXIT_POOLERS}, got {self.exit_pooler!r}")
+        if self.exit_pooling not in EXIT_POOLINGS:
+            raise ValueError(f"exit_pooling must be one of {EXIT_POOLINGS}, got {self.exit_pooling!r}")
         weights = self.exit_loss_weights
         if weights is not None:
             if not isinstance(weights, list) or len(weights) != len(layers):
@@ -244,4 +253,4 @@ def _check_probability(name: str, value) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
-__all__ = ["CostEffConfig", "validate_exit_policy", "EXIT_CRITERIA", "EXIT_POOLERS"]
+__all__ = ["CostEffConfig", "validate_exit_policy", "EXIT_CRITERIA", "EXIT_POOLERS", "EXIT_POOLINGS"]

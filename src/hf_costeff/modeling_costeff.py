@@ -219,21 +219,29 @@ class CostEffEncoder(nn.Module):
 
 
 class CostEffExit(nn.Module):
-    """An exit classifier: pool [CLS] (``dense`` + tanh as BERT, or tanh alone as COST-EFF), dropout, classify.
+    """An exit classifier: pool the sequence ([CLS] or the mean of real tokens, ``config.exit_pooling``), then
+    ``dense`` + tanh as BERT's pooler or tanh alone as COST-EFF (``config.exit_pooler``), dropout, classify.
 
     Named ``exits.N.classifier`` so that PEFT's sequence-classification default ``modules_to_save`` finds every exit.
     """
 
     def __init__(self, config: CostEffConfig):
         super().__init__()
+        self.mean_pooling = config.exit_pooling == "mean"
         self.dense = nn.Linear(config.hidden_size, config.hidden_size) if config.exit_pooler == "dense" else None
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states ``(batch, seq, hidden)`` -> logits ``(batch, num_labels)``."""
-        pooled = hidden_states[:, 0]
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states ``(batch, seq, hidden)``, attention_mask ``(batch, seq)`` -> logits ``(batch, num_labels)``."""
+        if not self.mean_pooling:
+            pooled = hidden_states[:, 0]
+        elif attention_mask is None:
+            pooled = hidden_states.mean(dim=1)
+        else:
+            weights = (attention_mask != 0).to(hidden_states.dtype).unsqueeze(-1)
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         if self.dense is not None:
             pooled = self.dense(pooled)
         return self.classifier(self.dropout(torch.tanh(pooled)))
@@ -499,7 +507,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
                 remaining = len(self.exits) - k
                 if equilibrium:
                     hidden_states = _GradientRescale.apply(hidden_states, 1.0 / remaining)
-                exit_logits.append(self.exits[k](hidden_states))
+                exit_logits.append(self.exits[k](hidden_states, attention_mask))
                 if equilibrium and remaining > 1:
                     hidden_states = _GradientRescale.apply(hidden_states, float(remaining - 1))
             all_hidden.append(hidden_states)
@@ -539,7 +547,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             k = exit_index.get(i)
             if k is None:
                 continue
-            exit_logits = self.exits[k](hidden_states)
+            exit_logits = self.exits[k](hidden_states, attention_mask)
             if criterion == "patience":
                 agree = self._patience_update(agree, previous, exit_logits, threshold)
                 done, previous = agree >= patience, exit_logits

@@ -167,6 +167,7 @@ def build_model_card(
         seq_length=seq_length,
         embedding_rank=config.embedding_rank or "full (not factorized)",
         exit_pooler=config.exit_pooler,
+        exit_pooling=config.exit_pooling,
         layers=layers,
         per_exit_accuracy=per_exit_accuracy,
         results=[(name, f"{float(value):.4f}") for name, value in (eval_results or {}).items()],

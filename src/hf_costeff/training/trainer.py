@@ -35,6 +35,7 @@ _SHAPE_FIELDS = (
     "embedding_rank",
     "exit_layers",
     "exit_pooler",
+    "exit_pooling",
     "hidden_size",
     "num_labels",
 )
