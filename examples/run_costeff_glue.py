@@ -21,6 +21,7 @@ Example (MiniLM, SST-2 subset, a few minutes on 2 CPU cores)::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
+from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_flops, count_parameters, forward_flops
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
 from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
 from hf_costeff.serving import write_model_card
@@ -112,6 +113,15 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def label_fields(task: str) -> dict:
+    """``num_labels`` and, for classification, the label names (pipelines then answer "positive", not "LABEL_1")."""
+    spec = get_task(task)
+    if not spec.label_names:
+        return {"num_labels": spec.num_labels}
+    id2label = dict(enumerate(spec.label_names))
+    return {"num_labels": spec.num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+
+
 def glue_metric_fn(task: str):
     regression = get_task(task).num_labels == 1
 
@@ -144,8 +154,7 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
         logger.info("Stage 1: loading the teacher from %s", path)
         return AutoModelForSequenceClassification.from_pretrained(path), {}
     logger.info("Stage 1: fine-tuning the teacher from %s", cargs.model_name_or_path)
-    num_labels = get_task(cargs.task_name).num_labels
-    teacher = BertForSequenceClassification.from_pretrained(cargs.model_name_or_path, num_labels=num_labels)
+    teacher = BertForSequenceClassification.from_pretrained(cargs.model_name_or_path, **label_fields(cargs.task_name))
     args = TrainingArguments(
         output_dir=str(teacher_dir),
         num_train_epochs=cargs.teacher_epochs,
@@ -176,6 +185,16 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
     metrics["teacher_train_seconds"] = time.time() - start
     trainer.save_model(str(teacher_dir))
     return teacher, metrics
+
+
+def teacher_average_flops(teacher_config, dataset) -> float:
+    """The teacher's mean FLOPs per dev example (every layer, real lengths): the reference of the speed-ups."""
+    if getattr(teacher_config, "model_type", None) != "costeff":
+        teacher_config = CostEffConfig.from_bert_config(
+            teacher_config, exit_layers=[teacher_config.num_hidden_layers], exit_pooler="dense"
+        )
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return average_flops(teacher_config, [teacher_config.num_hidden_layers] * len(lengths), lengths)
 
 
 def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
@@ -254,11 +273,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         student = CostEffForSequenceClassification.from_bert(
             source,
-            num_labels=get_task(cargs.task_name).num_labels,
+            **label_fields(cargs.task_name),
             exit_pooler=cargs.exit_pooler,
             exit_pooling=cargs.exit_pooling,
         )
-    full_config = student.config
+    full_config = copy.deepcopy(student.config)  # pruning rewrites the model's config in place
 
     from hf_costeff.slenderize import PruningConfig  # noqa: PLC0415
 
@@ -310,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
             "student_encoder_fraction_of_teacher": count_parameters(config)["encoder"] / teacher_params,
             "full_student_params": count_parameters(full_config),
             "student_flops_at_128": forward_flops(config, 128),
+            "teacher_avg_flops": teacher_average_flops(teacher.config, data["validation"]),
             "layer_num_heads": config.layer_num_heads,
             "layer_intermediate_sizes": config.layer_intermediate_sizes,
             "embedding_rank": config.embedding_rank,
@@ -328,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         p = f"eval_entropy_{t:g}_"
         print(
             f"Entropy {t:g}: {main_metric}={results[p + main_metric]:.4f} avg exit layer="
-            f"{results[p + 'avg_exit_layer']:.2f} FLOPs ratio={results[p + 'flops_ratio']:.3f}"
+            f"{results[p + 'avg_exit_layer']:.2f} FLOPs ratio={results[p + 'flops_ratio']:.3f} "
+            f"({results['teacher_avg_flops'] / results[p + 'avg_flops']:.1f}x fewer than the teacher)"
         )
     print(
         f"Encoder parameters: {results['student_params']['encoder']:,} "
@@ -337,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"Saved exit policy: entropy < {results['deployed_exit_threshold']:.4f} (calibrated on "
         f"{cargs.calibration_samples} held-out train rows): dev {main_metric}={results[f'deployed_{main_metric}']:.4f}, "
-        f"avg exit layer {results['deployed_avg_exit_layer']:.2f}, {results['deployed_flops_speedup']:.2f}x fewer FLOPs"
+        f"avg exit layer {results['deployed_avg_exit_layer']:.2f}, {results['deployed_flops_speedup']:.2f}x fewer FLOPs "
+        f"than all its layers, {results['teacher_avg_flops'] / results['deployed_avg_flops']:.1f}x fewer than the teacher"
     )
     print(f"Model written to {final}\nMetrics written to {results_path}\nWall time {results['wall_seconds']:.0f} s")
     return results

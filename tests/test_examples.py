@@ -47,8 +47,11 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     config = model.config
     assert config.layer_num_heads == [6] * 6 and config.layer_intermediate_sizes == [768] * 6
     assert config.embedding_rank == 64 and config.exit_pooling == "mean"
+    assert config.id2label == {0: "negative", 1: "positive"}
     assert config.exit_criterion == "entropy" and config.exit_threshold == results["deployed_exit_threshold"]
     assert json.loads((out / "all_results.json").read_text())["student_params"] == results["student_params"]
+    assert results["full_student_params"]["encoder"] > results["student_params"]["encoder"]  # before vs after pruning
+    assert results["teacher_avg_flops"] > results["deployed_avg_flops"]
     assert "model-index" in (final / "README.md").read_text()
 
     # The saved model, reloaded and run with its own exit policy, reproduces the reported dev accuracy and exits.

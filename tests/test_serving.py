@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from hf_costeff import CostEffForSequenceClassification, forward_flops
+from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
 from hf_costeff.serving import EarlyExitTextClassificationPipeline, summarize_results
 
 TEXTS = [
@@ -194,3 +194,19 @@ def test_cli_convert_and_evaluate(tmp_path, minilm_tokenizer, glue_dir, capsys, 
 
     assert main(["--quiet", "evaluate", str(out), "--glue_dir", str(glue_dir), "--thresholds", "5"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+    # slenderize: exit-aware importance on real SST-2 rows, pruned to half the encoder, embedding factorized.
+    slim = tmp_path / "slim"
+    args = ["--quiet", "slenderize", str(out), str(slim), "--glue_dir", str(glue_dir), "--task", "sst2"]
+    args += ["--encoder_keep_fraction", "0.5", "--embedding_rank", "8", "--max_batches", "2", "--batch_size", "4"]
+    assert main(args) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    slim_model = load_costeff(slim)
+    assert slim_model.config.layer_num_heads == pruned["layer_num_heads"] != [4] * 6
+    assert slim_model.config.layer_intermediate_sizes == pruned["layer_intermediate_sizes"]
+    assert slim_model.config.embedding_rank == 8
+    full_encoder = count_parameters(model.config)["encoder"]
+    assert pruned["parameters"]["encoder"] <= 0.5 * full_encoder
+    assert pruned["parameters"] == count_parameters(slim_model.config)
+    batch = minilm_tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
+    assert slim_model(**batch).all_exit_logits.shape == (2, 3, 2)

@@ -13,6 +13,27 @@ EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
 EXIT_POOLINGS = ("cls", "mean")
 
+# What a CostEff configuration takes over from a BERT one.
+BERT_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "classifier_dropout",
+    "id2label",
+    "label2id",
+    "problem_type",
+)
+
 
 def validate_exit_policy(
     criterion: str, threshold: float | None, patience: int | None, num_exits: int, num_labels: int
@@ -177,6 +198,22 @@ class CostEffConfig(PretrainedConfig):
     def head_dim(self) -> int:
         """Size of one attention head, fixed by the unpruned model."""
         return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_bert_config(cls, bert_config: PretrainedConfig, **overrides) -> CostEffConfig:
+        """The unpruned CostEff configuration of a BERT configuration (every shared field), with ``overrides``.
+
+        Giving ``num_labels`` or ``id2label`` drops BERT's label names, which would contradict them.
+        """
+        if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                "Only absolute position embeddings are supported, got "
+                f"position_embedding_type={bert_config.position_embedding_type!r}"
+            )
+        fields = {name: getattr(bert_config, name) for name in BERT_CONFIG_FIELDS if hasattr(bert_config, name)}
+        if "num_labels" in overrides or "id2label" in overrides:
+            fields.pop("id2label", None), fields.pop("label2id", None)
+        return cls(**{**fields, **overrides})
 
     @property
     def num_exits(self) -> int:

@@ -430,10 +430,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             **config_overrides: ``CostEffConfig`` fields, e.g. ``num_labels``, ``exit_layers``, ``exit_pooler``.
         """
         bert = _load_bert(model_or_path, config_overrides.get("num_labels"))
-        fields = _bert_config_fields(bert.config)
-        if "num_labels" in config_overrides or "id2label" in config_overrides:
-            fields.pop("id2label", None), fields.pop("label2id", None)
-        model = cls(CostEffConfig(**{**fields, **config_overrides}))
+        model = cls(CostEffConfig.from_bert_config(bert.config, **config_overrides))
         state = convert_bert_state_dict(bert.state_dict(), model.config, init_exits_from_final)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [key for key in missing if not key.startswith("exits.")]  # exits may start random
@@ -595,37 +592,6 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         """Sum over exits of ``exit_loss_weights[k] * loss(exit k)`` (plain sum by default)."""
         weights = self.config.exit_loss_weights or [1.0] * all_exit_logits.shape[1]
         return sum(w * self._loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
-
-
-_BERT_CONFIG_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "initializer_range",
-    "layer_norm_eps",
-    "pad_token_id",
-    "classifier_dropout",
-    "id2label",
-    "label2id",
-    "problem_type",
-)
-
-
-def _bert_config_fields(bert_config) -> dict:
-    fields = {name: getattr(bert_config, name) for name in _BERT_CONFIG_FIELDS if hasattr(bert_config, name)}
-    if getattr(bert_config, "position_embedding_type", "absolute") != "absolute":
-        raise ValueError(
-            "Only absolute position embeddings are supported, got "
-            f"position_embedding_type={bert_config.position_embedding_type!r}"
-        )
-    return fields
 
 
 def _load_bert(model_or_path, num_labels: int | None) -> PreTrainedModel:

@@ -30,24 +30,9 @@ def _teacher_cost(teacher_config: Any, seq_length: int) -> dict[str, int] | None
     if teacher_config is None:
         return None
     if getattr(teacher_config, "model_type", None) != "costeff":
-        fields = {
-            name: getattr(teacher_config, name)
-            for name in (
-                "vocab_size",
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "intermediate_size",
-                "max_position_embeddings",
-                "type_vocab_size",
-            )
-            if hasattr(teacher_config, name)
-        }
         # A BERT classifier has one pooler + classifier: the same cost as a single dense exit after the last layer.
-        teacher_config = CostEffConfig(
-            **fields,
-            num_labels=getattr(teacher_config, "num_labels", 2),
-            exit_layers=[fields.get("num_hidden_layers", 12)],
+        teacher_config = CostEffConfig.from_bert_config(
+            teacher_config, exit_layers=[teacher_config.num_hidden_layers], exit_pooler="dense"
         )
     params = count_parameters(teacher_config)
     return {**params, "flops": forward_flops(teacher_config, seq_length)}
