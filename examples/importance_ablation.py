@@ -52,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache_dir", default="/tmp/importance_ablation", help="the fine-tuned model is reused from here")
     p.add_argument("--output_json", default=None)
+    p.add_argument(
+        "--exit_pooling",
+        choices=["cls", "mean"],
+        default=None,
+        help="what the exits read (default: 'mean' for the packaged mean-pooled MiniLM, 'cls' otherwise)",
+    )
     return p.parse_args(argv)
 
 
@@ -115,12 +121,16 @@ def main(argv=None) -> dict:
     )
     dev_loader = DataLoader(tokenized["validation"], batch_size=64, collate_fn=collator)
 
-    cache = Path(args.cache_dir) / f"minilm-sst2-{args.train_samples}-{args.epochs:g}ep-lr{args.lr:g}-{args.seed}"
+    if args.exit_pooling is None:
+        args.exit_pooling = "cls" if args.model_name_or_path else "mean"
+    cache = Path(args.cache_dir) / (
+        f"minilm-sst2-{args.train_samples}-{args.epochs:g}ep-lr{args.lr:g}-{args.seed}-{args.exit_pooling}"
+    )
     if (cache / "config.json").exists():
         model = CostEffForSequenceClassification.from_pretrained(cache)
         log.info("Reusing the fine-tuned model in %s", cache)
     else:
-        model = CostEffForSequenceClassification.from_bert(model_path, num_labels=2)
+        model = CostEffForSequenceClassification.from_bert(model_path, num_labels=2, exit_pooling=args.exit_pooling)
         start = time.time()
         fine_tune(model, train_loader, args)
         log.info("Fine-tuned in %.0f s", time.time() - start)
