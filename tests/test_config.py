@@ -86,6 +86,25 @@ def test_invalid_field_raises_value_error_naming_it(name, overrides, message):
         CostEffConfig(**{**BASE, **overrides})
 
 
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("heads_per_layer", "layer_num_heads"),
+        ("exit_treshold", "exit_threshold"),
+        ("intermediate_sizes", "layer_intermediate_sizes"),
+    ],
+)
+def test_misspelled_field_is_refused_not_ignored(key, field):
+    # PretrainedConfig keeps unknown keywords as attributes: without the check this builds the unpruned model.
+    with pytest.raises(ValueError, match=f"no field '{key}'; did you mean '{field}'"):
+        CostEffConfig(**{**BASE, key: [1, 1, 1]})
+
+
+def test_unrelated_pretrained_config_keywords_still_pass():
+    config = CostEffConfig(**BASE, problem_type="single_label_classification", tokenizer_class="BertTokenizer")
+    assert config.problem_type == "single_label_classification"
+
+
 def test_valid_edge_cases_are_accepted():
     config = CostEffConfig(
         **{

@@ -5,6 +5,7 @@ This file travels alone to the Hub (``trust_remote_code``): it imports nothing o
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from transformers import PretrainedConfig
@@ -12,6 +13,31 @@ from transformers import PretrainedConfig
 EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
 EXIT_POOLINGS = ("cls", "mean")
+
+# CostEff's own fields, and names users reach for instead: PretrainedConfig keeps any unknown keyword as an attribute,
+# so a misspelled width or exit field would otherwise be ignored silently and build the unpruned model.
+COSTEFF_FIELDS = (
+    "layer_num_heads",
+    "layer_intermediate_sizes",
+    "embedding_rank",
+    "exit_layers",
+    "exit_pooler",
+    "exit_pooling",
+    "exit_criterion",
+    "exit_threshold",
+    "exit_patience",
+    "exit_loss_weights",
+    "gradient_equilibrium",
+)
+FIELD_ALIASES = {
+    "heads_per_layer": "layer_num_heads",
+    "num_heads_per_layer": "layer_num_heads",
+    "layer_heads": "layer_num_heads",
+    "ffn_per_layer": "layer_intermediate_sizes",
+    "ffn_sizes": "layer_intermediate_sizes",
+    "intermediate_sizes": "layer_intermediate_sizes",
+    "embedding_size": "embedding_rank",
+}
 
 # What a CostEff configuration takes over from a BERT one.
 BERT_CONFIG_FIELDS = (
@@ -180,6 +206,7 @@ class CostEffConfig(PretrainedConfig):
         self.exit_patience = exit_patience
         self.exit_loss_weights = list(exit_loss_weights) if exit_loss_weights is not None else None
         self.gradient_equilibrium = gradient_equilibrium
+        _reject_misspelled_fields(kwargs)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._fill_defaults()
         self.validate_costeff()
@@ -278,6 +305,16 @@ class CostEffConfig(PretrainedConfig):
                 raise ValueError(f"exit_loss_weights must be finite and >= 0, got {weights}")
             if sum(weights) == 0:
                 raise ValueError("exit_loss_weights must not all be zero")
+
+
+def _reject_misspelled_fields(kwargs: dict) -> None:
+    """Raise on a keyword that looks like a CostEff field but is not one (a typo would be ignored otherwise)."""
+    for key in kwargs:
+        match = FIELD_ALIASES.get(key) or next(
+            iter(difflib.get_close_matches(key, COSTEFF_FIELDS, n=1, cutoff=0.6)), None
+        )
+        if match is not None:
+            raise ValueError(f"CostEffConfig has no field {key!r}; did you mean {match!r}?")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
