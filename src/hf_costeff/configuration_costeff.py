@@ -14,15 +14,18 @@ EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
 EXIT_POOLINGS = ("cls", "mean")
 
-# CostEff's own fields, and names users reach for instead: PretrainedConfig keeps any unknown keyword as an attribute,
-# so a misspelled width or exit field would otherwise be ignored silently and build the unpruned model.
-COSTEFF_FIELDS = (
+# CostEff's fields that decide the weight shapes: two configs that differ in one hold different state dicts.
+COSTEFF_ARCHITECTURE_FIELDS = (
     "layer_num_heads",
     "layer_intermediate_sizes",
     "embedding_rank",
     "exit_layers",
     "exit_pooler",
     "exit_pooling",
+)
+# All of CostEff's own fields, and names users reach for instead: PretrainedConfig keeps any unknown keyword as an
+# attribute, so a misspelled width or exit field would otherwise be ignored silently and build the unpruned model.
+COSTEFF_FIELDS = COSTEFF_ARCHITECTURE_FIELDS + (
     "exit_criterion",
     "exit_threshold",
     "exit_patience",

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint, speed_metrics
 
+from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS
 from ..modeling_costeff import CostEffForSequenceClassification
 from .distillation import (
     PRED_KD_LOSSES,
@@ -28,17 +29,7 @@ from .distillation import (
 from .metrics import early_exit_metrics, make_metric_fn, per_exit_metrics
 
 PROJECTIONS_NAME = "distill_projections.pt"
-_SHAPE_FIELDS = (
-    "num_hidden_layers",
-    "layer_num_heads",
-    "layer_intermediate_sizes",
-    "embedding_rank",
-    "exit_layers",
-    "exit_pooler",
-    "exit_pooling",
-    "hidden_size",
-    "num_labels",
-)
+_SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_labels") + COSTEFF_ARCHITECTURE_FIELDS
 
 
 def _is_costeff(model: nn.Module) -> bool:
