@@ -6,7 +6,7 @@ Times, at batch 32 on real SST-2 dev sentences, interleaved and repeated (median
   * the CostEff conversion with an entropy criterion that never fires (threshold 0): the early-exit loop's checks and
     bookkeeping run, every example still goes through every layer.
 
-Usage: python benchmarks/overhead.py [--model PATH] [--repeats 30] [--output docs/results/overhead.json]
+Usage: python benchmarks/overhead.py --output FILE.json [--model PATH] [--repeats 30] [--overwrite]
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def main() -> None:
     parser.add_argument("--glue_dir", default=str(REPO.parent / "shared" / "data" / "glue"))
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--output", default=str(REPO / "docs" / "results" / "overhead.json"))
+    parser.add_argument("--output", required=True, help="JSON file to write (docs/results/overhead.json: the repo's)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     args = parser.parse_args()
+    if Path(args.output).exists() and not args.overwrite:
+        parser.error(f"{args.output} exists: pass --overwrite to replace it")
     path = args.model or _default_model()
 
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -71,7 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_train_samples", type=int, default=5000)
     p.add_argument("--calibration_samples", type=int, default=1000, help="held-out train examples for thresholds")
     p.add_argument("--max_length", type=int, default=64)
-    p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
+    p.add_argument(
+        "--output_dir",
+        default=str(REPO / "docs" / "results"),
+        help="folder for pareto_<task>.json/.png (default: the repository's docs/results/; existing files are replaced)",
+    )
     p.add_argument("--cache_dir", default=str(REPO / "benchmarks" / "cache"))
     p.add_argument("--widths", default="6:768:128,4:512:64,2:256:24", help="heads:ffn:embedding_rank per width")
     p.add_argument("--teacher_epochs", type=float, default=2.0)
@@ -484,6 +488,8 @@ def main(argv=None) -> None:
     }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / f"pareto_{args.task}.json").exists():
+        log.warning("replacing %s and its .png (--output_dir names another folder)", out / f"pareto_{args.task}.json")
     (out / f"pareto_{args.task}.json").write_text(json.dumps(report, indent=1))
     plot(report, out / f"pareto_{args.task}.png")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,9 @@ Decides ``exit_pooling`` for a backbone: an exit can only learn what a probe on 
 logistic regression is fitted on the [CLS] state and on the mean of the real tokens' states of ``--train_samples``
 training sentences and scored on the whole dev set.
 
-Usage: python benchmarks/pooling_probe.py [--task sst2] [--model_name_or_path PATH]
-Writes docs/results/pooling_probe_<task>.json and prints a table.
+Usage: python benchmarks/pooling_probe.py --output_dir DIR [--task sst2] [--model_name_or_path PATH] [--overwrite]
+Writes DIR/pooling_probe_<task>.json (an existing file only with --overwrite; the repository's own figures are in
+docs/results/) and prints a table.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ def main(argv=None) -> dict:
     p.add_argument("--model_name_or_path", default=None, help="default: the packaged MiniLM-L6")
     p.add_argument("--train_samples", type=int, default=2000)
     p.add_argument("--max_length", type=int, default=64)
-    p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
+    p.add_argument("--output_dir", required=True, help="folder for pooling_probe_<task>.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pooling_probe_<task>.json")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    out = Path(args.output_dir) / f"pooling_probe_{args.task}.json"
+    if out.exists() and not args.overwrite:
+        p.error(f"{out} exists: pass --overwrite to replace it, or another --output_dir")
     torch.set_num_threads(args.threads)
     if get_task(args.task).num_labels < 2 or len(get_task(args.task).text_keys) != 1:
         raise ValueError(f"the probe handles single-sentence classification tasks (sst2, cola), not {args.task!r}")
@@ -89,7 +94,7 @@ def main(argv=None) -> dict:
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "command": "python benchmarks/pooling_probe.py " + " ".join(argv or []),
     }
-    out = Path(args.output_dir) / f"pooling_probe_{args.task}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(
         f"| layer | [CLS] probe | mean-pool probe |  (dev accuracy; majority class {result['majority_class_accuracy']:.3f})"

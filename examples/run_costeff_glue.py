@@ -28,10 +28,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -45,10 +48,18 @@ from transformers import (
 )
 
 from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_flops, count_parameters, forward_flops
+from hf_costeff.configuration_costeff import sentence_transformers_pooling
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
-from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
+from hf_costeff.evaluation import (
+    calibrate_threshold,
+    collect_exit_logits,
+    criterion_limit,
+    measure_latency,
+    near_criterion_limit,
+    sweep_thresholds,
+)
 from hf_costeff.serving import write_model_card
-from hf_costeff.serving.hub import load_folder_tokenizer
+from hf_costeff.serving.hub import load_folder_tokenizer, save_pretrained_atomic
 from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
 
 logger = logging.getLogger("run_costeff_glue")
@@ -77,9 +88,12 @@ class CostEffArguments:
         },
     )
     exit_pooler: str = field(default="tanh", metadata={"help": "'tanh' (COST-EFF) or 'dense' (BERT pooler)."})
-    exit_pooling: str = field(
-        default="cls",
-        metadata={"help": "'cls' (BERT) or 'mean' of real tokens (mean-pooled backbones such as the packaged MiniLM)."},
+    exit_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "'cls' (BERT) or 'mean' of real tokens. Default: the pooling a sentence-transformers "
+            "--model_name_or_path was trained with (mean for the packaged MiniLM), else 'cls'."
+        },
     )
     target_heads: int | None = field(default=None, metadata={"help": "Heads kept per layer at the end."})
     target_ffn: int | None = field(default=None, metadata={"help": "FFN neurons kept per layer at the end."})
@@ -96,14 +110,29 @@ class CostEffArguments:
     temperature: float = field(default=1.0)
     eval_thresholds: str = field(default="0.1,0.3", metadata={"help": "Entropy thresholds evaluated at the end."})
     calibration_samples: int = field(
-        default=500, metadata={"help": "Held-out training rows on which the saved exit threshold is calibrated."}
+        default=2000,
+        metadata={"help": "Held-out training rows (never trained on) on which the saved exit threshold is calibrated."},
+    )
+    calibration_match_lengths: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw the calibration rows with the dev set's length distribution (SST-2's training rows are "
+            "mostly short phrases, its dev rows full sentences: short rows would make early exit look free)."
+        },
     )
     max_metric_drop: float = field(
         default=0.01,
         metadata={
-            "help": "The saved model exits at the fastest entropy threshold losing at most this (main metric) on the "
-            "calibration rows against running every layer."
+            "help": "The saved model exits at the fastest entropy threshold losing at most this (main metric) against "
+            "running every layer: chosen on the calibration rows, then checked on dev."
         },
+    )
+    calibration_margin: float = field(
+        default=0.005,
+        metadata={"help": "Safety margin: on the calibration rows the drop must stay within max_metric_drop - this."},
+    )
+    latency_samples: int = field(
+        default=256, metadata={"help": "Dev rows timed for the measured speed-ups of the end-of-run table (0: skip)."}
     )
 
 
@@ -154,9 +183,14 @@ def glue_metric_fn(task: str):
     return compute
 
 
-def split_train_and_calibration(train, cargs, seed: int):
+def split_train_and_calibration(train, cargs, seed: int, reference=None):
     """Shuffled training rows, and ``--calibration_samples`` *other* training rows on which the saved model's exit
-    threshold is chosen (never the dev set, which reports it)."""
+    threshold is chosen (never the dev set, which reports it).
+
+    The calibration rows come from the end of the shuffled pool (the training rows from its start), and with
+    ``reference`` (the dev split, whose texts but not labels are read) they follow its length distribution: ten
+    length bins at the reference's deciles, each filled in proportion.
+    """
     pool = train.shuffle(seed=seed)
     n_calib = cargs.calibration_samples
     if n_calib < 1 or n_calib >= len(pool):
@@ -164,7 +198,40 @@ def split_train_and_calibration(train, cargs, seed: int):
     n_train = len(pool) - n_calib
     if cargs.max_train_samples is not None:
         n_train = min(n_train, cargs.max_train_samples)
-    return pool.select(range(n_train)), pool.select(range(len(pool) - n_calib, len(pool)))
+    # Rows the training slice cannot need (with --max_train_samples), else any row: training takes what is left.
+    last = n_train if cargs.max_train_samples is not None else 0
+    candidates = list(range(len(pool) - 1, last - 1, -1))
+    if reference is None:
+        calibration = candidates[:n_calib]
+    else:
+        calibration = _length_matched(
+            _word_counts(pool, cargs.task_name), candidates, _word_counts(reference, cargs.task_name), n_calib
+        )
+    chosen = set(calibration)
+    train_rows = [i for i in range(len(pool)) if i not in chosen][:n_train]
+    return pool.select(train_rows), pool.select(sorted(calibration))
+
+
+def _word_counts(dataset, task: str) -> np.ndarray:
+    columns = [dataset[key] for key in get_task(task).text_keys]
+    return np.array([sum(len(text.split()) for text in texts) for texts in zip(*columns, strict=True)])
+
+
+def _length_matched(lengths: np.ndarray, candidates: list[int], reference: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` of ``candidates`` (in order) whose ``lengths`` follow the decile bins of ``reference``."""
+    edges = np.unique(np.quantile(reference, np.linspace(0.1, 0.9, 9)))
+    ref_bins = np.bincount(np.digitize(reference, edges), minlength=len(edges) + 1)
+    share = ref_bins / ref_bins.sum() * n
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(quota - share)[: n - quota.sum()]] += 1  # largest remainders: the quotas sum to n
+    picked = []
+    for index, b in zip(candidates, np.digitize(lengths[candidates], edges), strict=True):
+        if quota[b] > 0:
+            picked.append(index)
+            quota[b] -= 1
+    if len(picked) < n:
+        logger.warning("only %d held-out rows match the dev lengths (asked %d): calibrating on those", len(picked), n)
+    return picked
 
 
 def stage1_teacher(cargs, targs, tokenizer, data, collator):
@@ -173,9 +240,12 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
     path = cargs.teacher_name_or_path or (str(teacher_dir) if (teacher_dir / "config.json").exists() else None)
     if path is not None:
         logger.info("Stage 1: loading the teacher from %s", path)
-        return AutoModelForSequenceClassification.from_pretrained(path), {}
-    logger.info("Stage 1: fine-tuning the teacher from %s", cargs.model_name_or_path)
-    teacher = BertForSequenceClassification.from_pretrained(cargs.model_name_or_path, **label_fields(cargs.task_name))
+        teacher = AutoModelForSequenceClassification.from_pretrained(path)
+    else:
+        logger.info("Stage 1: fine-tuning the teacher from %s", cargs.model_name_or_path)
+        teacher = BertForSequenceClassification.from_pretrained(
+            cargs.model_name_or_path, **label_fields(cargs.task_name)
+        )
     args = TrainingArguments(
         output_dir=str(teacher_dir),
         num_train_epochs=cargs.teacher_epochs,
@@ -200,6 +270,8 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
         processing_class=tokenizer,
         compute_metrics=glue_metric_fn(cargs.task_name),
     )
+    if path is not None:  # reused: only its dev metrics, for the end-of-run table
+        return teacher, {f"teacher_{k}": v for k, v in trainer.evaluate().items()}
     start = time.time()
     trainer.train()
     metrics = {f"teacher_{k}": v for k, v in trainer.evaluate().items()}
@@ -218,35 +290,111 @@ def teacher_average_flops(teacher_config, dataset) -> float:
     return average_flops(teacher_config, [teacher_config.num_hidden_layers] * len(lengths), lengths)
 
 
-def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
-    """Set the model's entropy threshold from the calibration rows; report it and its dev cost in ``results``."""
+# ---------------------------------------------------------------- calibration of the saved exit policy
+
+
+def calibrate_exit_policy(trainer, data, cargs, results: dict, show_progress: bool = True) -> None:
+    """Choose the saved entropy threshold on the calibration rows, check its promise on dev, ship a safe policy.
+
+    The threshold is the fastest whose drop of the main metric against running every layer is at most
+    ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then measured and recorded
+    next to the allowed one; if it exceeds ``max_metric_drop`` (or no threshold qualifies), the model is saved with
+    ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A threshold next to
+    the criterion's limit (every input leaving at layer 1) is reported as a warning.
+    """
     model, task = trainer.model, cargs.task_name
-    threshold = calibrate_threshold(
-        model,
-        trainer.get_eval_dataloader(data["calibration"]),
-        task=task,
-        criterion="entropy",
-        max_metric_drop=cargs.max_metric_drop,
-    )
-    model.config.exit_criterion, model.config.exit_threshold = "entropy", float(threshold)
-    dev = collect_exit_logits(model, trainer.get_eval_dataloader(data["validation"]))
-    row = sweep_thresholds(dev, model.config, task, "entropy", [threshold])[0]
+    metric = get_task(task).main_metric
+
+    def exit_logits(split: str):
+        loader = trainer.get_eval_dataloader(data[split])
+        return collect_exit_logits(model, tqdm(loader, desc=f"exit logits ({split})", disable=not show_progress))
+
+    calibration, dev = exit_logits("calibration"), exit_logits("validation")
+    allowed, warnings = cargs.max_metric_drop, []
+    try:
+        threshold = calibrate_threshold(
+            calibration, task=task, criterion="entropy", max_metric_drop=allowed, margin=cargs.calibration_margin
+        )
+    except ValueError as err:
+        threshold = None
+        warnings.append(f"no entropy threshold meets the target on the calibration rows ({err})")
+    num_labels = model.config.num_labels
+    if threshold is not None and near_criterion_limit("entropy", threshold, num_labels):
+        warnings.append(
+            f"the calibrated threshold {threshold:.4f} is next to the entropy's maximum ln({num_labels}) = "
+            f"{criterion_limit('entropy', num_labels):.4f}: nearly every input would leave at layer 1"
+        )
+    full = sweep_thresholds(dev, model.config, task, "none", [None])[0]
     results.update(
         {
-            "deployed_exit_threshold": float(threshold),
-            f"deployed_{get_task(task).main_metric}": row["metric"],
+            "calibration_rows": len(data["calibration"]),
+            "calibration_margin": cargs.calibration_margin,
+            "calibrated_exit_threshold": None if threshold is None else float(threshold),
+            "max_metric_drop": allowed,
+            f"student_full_{metric}": full["metric"],
+            "student_full_avg_flops": full["avg_flops"],
+        }
+    )
+    row = full
+    if threshold is not None:
+        candidate = sweep_thresholds(dev, model.config, task, "entropy", [threshold])[0]
+        results["calibrated_dev_metric_drop"] = full["metric"] - candidate["metric"]
+        if full["metric"] - candidate["metric"] <= allowed + 1e-12:
+            row = candidate
+        else:
+            warnings.append(
+                f"entropy < {threshold:.4f} loses {full['metric'] - candidate['metric']:.4f} {metric} on dev, more than "
+                f"the allowed {allowed:g}: the model is saved with exit_criterion='none' (every layer); choose a "
+                "threshold yourself with `hf-costeff evaluate`"
+            )
+    if row is full:
+        model.config.exit_criterion, model.config.exit_threshold = "none", None
+    else:
+        model.config.exit_criterion, model.config.exit_threshold = "entropy", float(threshold)
+    for warning in warnings:
+        logger.warning("Saved exit policy: %s", warning)
+    results.update(
+        {
+            "deployed_exit_criterion": model.config.exit_criterion,
+            "deployed_exit_threshold": model.config.exit_threshold,
+            f"deployed_{metric}": row["metric"],
+            "deployed_metric_drop": full["metric"] - row["metric"],
             "deployed_avg_exit_layer": row["avg_exit_layer"],
             "deployed_avg_flops": row["avg_flops"],
             "deployed_flops_speedup": row["flops_speedup"],
+            "deployed_policy_warnings": warnings,
         }
     )
 
 
-def save_final_model(trainer, folder: Path, cargs, results: dict, teacher_config) -> None:
-    """Save the slenderized model with its calibrated exit policy, its tokenizer and its model card."""
-    model, task = trainer.model, cargs.task_name
+def measure_speed(teacher, model, dataset, cargs, batch_size: int, results: dict) -> None:
+    """Wall time per example of the teacher, the student through every layer and with its saved policy, on the first
+    ``--latency_samples`` dev rows (median of 3 passes, this process's threads)."""
+    n = min(cargs.latency_samples, len(dataset))
+    if n < 1:
+        return
+    rows = [
+        {k: row[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in row}
+        for row in dataset.select(range(n))
+    ]
+    timings = {
+        "teacher": measure_latency(teacher, rows, batch_size=batch_size, repeats=3),
+        "student_full": measure_latency(model, rows, batch_size=batch_size, repeats=3, exit_criterion="none"),
+        "deployed": measure_latency(model, rows, batch_size=batch_size, repeats=3),
+    }
+    per_batch = batch_size if n >= batch_size else n
+    results["latency_examples"], results["latency_batch_size"] = n, batch_size
+    for name, seconds in timings.items():
+        results[f"{name}_seconds_per_example"] = seconds / per_batch
+        results[f"{name}_measured_speedup"] = timings["teacher"] / seconds
+
+
+def save_final_model(model, tokenizer, folder: Path, cargs, results: dict, teacher_config) -> None:
+    """Save the slenderized model with its exit policy, its tokenizer, the code files and ``auto_map`` (so it loads
+    with ``trust_remote_code=True`` where hf_costeff is not installed) and its model card."""
+    task = cargs.task_name
     main_metric = get_task(task).main_metric
-    trainer.save_model(str(folder))
+    save_pretrained_atomic(model, folder, tokenizer=tokenizer)
     write_model_card(
         model,
         folder,
@@ -256,9 +404,119 @@ def save_final_model(trainer, folder: Path, cargs, results: dict, teacher_config
         per_exit_accuracy=[results[f"eval_exit{layer}_{main_metric}"] for layer in model.config.exit_layers],
         average_flops=results["deployed_avg_flops"],
         model_name=f"costeff-{task}",
+        repo_id=str(folder),
         base_model=None if os.path.isdir(cargs.model_name_or_path) else cargs.model_name_or_path,  # Hub ids only
         seq_length=cargs.max_seq_length,
     )
+
+
+# ---------------------------------------------------------------- end-of-run summary
+
+
+def _count(value: float) -> str:
+    return f"{value / 1e6:.2f}M"
+
+
+def _flops(value: float) -> str:
+    return f"{value / 1e9:.3f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+
+
+def _widths(values: list[int]) -> str:
+    return f"{values[0]} per layer" if len(set(values)) == 1 else str(values)
+
+
+def summary_table(results: dict, task: str) -> str:
+    """The end-of-run table, from ``results`` (= all_results.json) alone: teacher vs student (every layer, and with
+    the saved exit policy) — main metric, parameters, mean FLOPs per dev example, measured time — then the policy's
+    promise check and the pruning events."""
+    metric = get_task(task).main_metric
+    policy = (
+        f"entropy < {results['deployed_exit_threshold']:.4f}"
+        if results["deployed_exit_criterion"] == "entropy"
+        else "every layer"
+    )
+    columns = ["teacher", "student, all layers", f"student, saved ({policy})"]
+    t_flops, s_flops, d_flops = (
+        results["teacher_avg_flops"],
+        results["student_full_avg_flops"],
+        results["deployed_avg_flops"],
+    )
+    rows = [
+        (
+            f"dev {metric}",
+            [
+                f"{results.get(f'teacher_eval_{metric}', float('nan')):.4f}",
+                f"{results[f'student_full_{metric}']:.4f}",
+                f"{results[f'deployed_{metric}']:.4f}",
+            ],
+        ),
+        (
+            "parameters",
+            [
+                _count(results["teacher_params"]),
+                _count(results["student_params"]["total"]),
+                _count(results["student_params"]["total"]),
+            ],
+        ),
+        (
+            "encoder parameters",
+            [
+                _count(results["teacher_encoder_params"]),
+                _count(results["student_params"]["encoder"]),
+                _count(results["student_params"]["encoder"]),
+            ],
+        ),
+        ("FLOPs per example (dev mean)", [_flops(t_flops), _flops(s_flops), _flops(d_flops)]),
+        ("FLOPs speed-up vs teacher", ["1.00x", f"{t_flops / s_flops:.2f}x", f"{t_flops / d_flops:.2f}x"]),
+        (
+            "mean exit layer",
+            [
+                str(results["teacher_num_layers"]),
+                f"{results['student_num_layers']:.2f}",
+                f"{results['deployed_avg_exit_layer']:.2f}",
+            ],
+        ),
+    ]
+    if "teacher_seconds_per_example" in results:
+        rows.append(
+            (
+                "ms per example (measured)",
+                [f"{1e3 * results[f'{n}_seconds_per_example']:.3f}" for n in ("teacher", "student_full", "deployed")],
+            )
+        )
+        rows.append(
+            (
+                "measured speed-up vs teacher",
+                [f"{results[f'{n}_measured_speedup']:.2f}x" for n in ("teacher", "student_full", "deployed")],
+            )
+        )
+    width = max(len(label) for label, _ in rows) + 2
+    colw = [max(len(c), *(len(r[1][i]) for r in rows)) + 2 for i, c in enumerate(columns)]
+    lines = [" " * width + "".join(c.rjust(w) for c, w in zip(columns, colw, strict=True))]
+    lines += [
+        label.ljust(width) + "".join(v.rjust(w) for v, w in zip(values, colw, strict=True)) for label, values in rows
+    ]
+    drop = results.get("calibrated_dev_metric_drop")
+    check = (
+        f"dev drop {drop:.4f} of an allowed {results['max_metric_drop']:g}"
+        if drop is not None
+        else "no threshold met the target on the calibration rows"
+    )
+    verdict = "kept" if results["deployed_exit_criterion"] == "entropy" else "NOT kept: saved to run every layer"
+    calibrated = results["calibrated_exit_threshold"]
+    lines.append(f"Exit policy: entropy < {calibrated:.4f} " if calibrated is not None else "Exit policy: ")
+    lines[-1] += (
+        f"calibrated on {results['calibration_rows']} held-out training rows (margin {results['calibration_margin']:g}); "
+        f"{check}: promise {verdict}"
+    )
+    lines += [f"WARNING: {w}" for w in results.get("deployed_policy_warnings", [])]
+    for event in results.get("pruning_events", []):
+        rank = f", word embedding rank {event['embedding_rank']}" if "embedding_rank" in event else ""
+        lines.append(
+            f"Pruning event {event['event']} at step {event['step']}: heads {_widths(event['heads'])}, FFN "
+            f"{_widths(event['ffn'])}{rank}: encoder {_count(event['encoder_params'])} parameters"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -269,19 +527,33 @@ def main(argv: list[str] | None = None) -> dict:
         cargs, targs = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    if targs.disable_tqdm:  # every progress bar: the Trainer's, datasets' map and the weight loading's too
+        import datasets  # noqa: PLC0415
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     if cargs.student_init not in ("teacher", "pretrained"):
         raise ValueError(f"--student_init must be 'teacher' or 'pretrained', got {cargs.student_init!r}")
     if cargs.encoder_keep_fraction is not None and (cargs.target_heads or cargs.target_ffn):
         raise ValueError("give --encoder_keep_fraction or --target_heads/--target_ffn, not both")
     cargs.model_name_or_path = resolve_model_path(cargs.model_name_or_path)
+    if cargs.exit_pooling is None:
+        detected = sentence_transformers_pooling(cargs.model_name_or_path)
+        cargs.exit_pooling = detected or "cls"
+        logger.info(
+            "exit_pooling=%s (%s)",
+            cargs.exit_pooling,
+            "the backbone's sentence-transformers pooling" if detected else "no sentence-transformers pooling found",
+        )
     set_seed(targs.seed)
     started = time.time()
 
     tokenizer = load_tokenizer(cargs)
     raw = load_glue(cargs.task_name, cargs.glue_dir)
-    raw["train"], raw["calibration"] = split_train_and_calibration(raw["train"], cargs, targs.seed)
     if cargs.max_eval_samples is not None:
         raw["validation"] = raw["validation"].select(range(min(cargs.max_eval_samples, len(raw["validation"]))))
+    reference = raw["validation"] if cargs.calibration_match_lengths else None
+    raw["train"], raw["calibration"] = split_train_and_calibration(raw["train"], cargs, targs.seed, reference)
     data = tokenize_glue(raw, tokenizer, cargs.task_name, max_length=cargs.max_seq_length)
     collator = DataCollatorWithPadding(tokenizer)
 
@@ -345,7 +617,10 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_params = sum(p.numel() for n, p in teacher.named_parameters() if ".encoder." in f".{n}")
     results.update(
         {
+            "teacher_params": sum(p.numel() for p in teacher.parameters()),
             "teacher_encoder_params": teacher_params,
+            "teacher_num_layers": teacher.config.num_hidden_layers,
+            "student_num_layers": config.num_hidden_layers,
             "student_params": count_parameters(config),
             "student_encoder_fraction_of_teacher": count_parameters(config)["encoder"] / teacher_params,
             "full_student_params": count_parameters(full_config),
@@ -354,36 +629,56 @@ def main(argv: list[str] | None = None) -> dict:
             "layer_num_heads": config.layer_num_heads,
             "layer_intermediate_sizes": config.layer_intermediate_sizes,
             "embedding_rank": config.embedding_rank,
-            "wall_seconds": time.time() - started,
         }
     )
     final = Path(targs.output_dir) / "final"
-    calibrate_exit_policy(trainer, data, cargs, results)
-    save_final_model(trainer, final, cargs, results, teacher.config)
+    logger.info("Calibrating the exit threshold on %d held-out training rows", len(data["calibration"]))
+    calibrate_exit_policy(trainer, data, cargs, results, show_progress=not targs.disable_tqdm)
+    measure_speed(teacher, trainer.model, data["validation"], cargs, targs.per_device_eval_batch_size, results)
+    save_final_model(trainer.model, tokenizer, final, cargs, results, teacher.config)
+    results["wall_seconds"] = time.time() - started
+    results["machine"] = machine_description()
+    results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["task_name"] = cargs.task_name
     results_path = Path(targs.output_dir) / "all_results.json"
     results_path.write_text(json.dumps(results, indent=2, default=float))
-    main_metric = get_task(cargs.task_name).main_metric
-    per_exit = " ".join(f"L{layer}={results[f'eval_exit{layer}_{main_metric}']:.3f}" for layer in config.exit_layers)
-    print(f"\nPer-exit dev {main_metric}: {per_exit}")
+    print_summary(results, cargs, thresholds, final, results_path)
+    return results
+
+
+def machine_description() -> str:
+    """``<cpu model>, <n> cores, torch <n> threads``: where the run's timings come from."""
+    import platform  # noqa: PLC0415
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+
+
+def print_summary(results: dict, cargs, thresholds: list[float], final: Path, results_path: Path) -> None:
+    """The console's end of the run: per-exit metrics, the evaluated thresholds, then the summary table."""
+    metric = get_task(cargs.task_name).main_metric
+    layers = [
+        int(k[len("eval_exit") : -len(f"_{metric}")])
+        for k in results
+        if k.startswith("eval_exit") and k.endswith(f"_{metric}")
+    ]
+    per_exit = " ".join(f"L{layer}={results[f'eval_exit{layer}_{metric}']:.4f}" for layer in sorted(layers))
+    print(f"\nPer-exit dev {metric}: {per_exit}")
     for t in thresholds:
         p = f"eval_entropy_{t:g}_"
         print(
-            f"Entropy {t:g}: {main_metric}={results[p + main_metric]:.4f} avg exit layer="
-            f"{results[p + 'avg_exit_layer']:.2f} FLOPs ratio={results[p + 'flops_ratio']:.3f} "
-            f"({results['teacher_avg_flops'] / results[p + 'avg_flops']:.1f}x fewer than the teacher)"
+            f"Entropy {t:g}: {metric}={results[p + metric]:.4f} avg exit layer={results[p + 'avg_exit_layer']:.2f} "
+            f"({results['teacher_avg_flops'] / results[p + 'avg_flops']:.1f}x fewer FLOPs than the teacher)"
         )
-    print(
-        f"Encoder parameters: {results['student_params']['encoder']:,} "
-        f"({results['student_encoder_fraction_of_teacher']:.3f} of the teacher's)"
-    )
-    print(
-        f"Saved exit policy: entropy < {results['deployed_exit_threshold']:.4f} (calibrated on "
-        f"{cargs.calibration_samples} held-out train rows): dev {main_metric}={results[f'deployed_{main_metric}']:.4f}, "
-        f"avg exit layer {results['deployed_avg_exit_layer']:.2f}, {results['deployed_flops_speedup']:.2f}x fewer FLOPs "
-        f"than all its layers, {results['teacher_avg_flops'] / results['deployed_avg_flops']:.1f}x fewer than the teacher"
-    )
-    print(f"Model written to {final}\nMetrics written to {results_path}\nWall time {results['wall_seconds']:.0f} s")
-    return results
+    print()
+    print(summary_table(results, cargs.task_name))
+    print(f"Model written to {final}\nMetrics written to {results_path}")
+    print(f"Wall time {results['wall_seconds']:.0f} s on {results['machine']}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from hf_costeff.evaluation import (
     ExitPredictions,
     calibrate_threshold,
     collect_exit_logits,
+    criterion_limit,
     default_thresholds,
     measure_latency,
+    near_criterion_limit,
     simulate_early_exit,
     sweep_thresholds,
 )
@@ -156,6 +158,33 @@ def test_calibrate_threshold_meets_its_target():
     found = calibrate_threshold(preds, task="rte", max_metric_drop=0.0)
     row = sweep_thresholds(preds, None, "rte", "entropy", [found])[0]
     assert row["metric"] == 1.0 and row["flops_speedup"] > 1.7
+
+
+def test_calibrate_threshold_margin_and_limit_warning(caplog):
+    preds = _constructed_predictions()
+    candidates = [0.0, 0.1, 0.5, math.log(2)]
+    # 0.5 and ln 2 lose 0.2: within max_metric_drop=0.2, not within 0.2 - a margin of 0.05.
+    with caplog.at_level("WARNING", logger="hf_costeff.evaluation"):
+        assert calibrate_threshold(preds, task="rte", max_metric_drop=0.2, thresholds=candidates) == math.log(2)
+    assert "next to the criterion's limit" in caplog.text  # every example would leave at the first exit
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_costeff.evaluation"):
+        assert calibrate_threshold(preds, task="rte", max_metric_drop=0.2, margin=0.05, thresholds=candidates) == 0.1
+    assert "limit" not in caplog.text
+    with pytest.raises(ValueError, match="margin must be in"):
+        calibrate_threshold(preds, task="rte", max_metric_drop=0.01, margin=0.02)
+    with pytest.raises(ValueError, match="margin applies to max_metric_drop only"):
+        calibrate_threshold(preds, task="rte", min_speedup=1.5, margin=0.01)
+
+
+def test_criterion_limits():
+    assert criterion_limit("entropy", 2) == pytest.approx(math.log(2))
+    assert criterion_limit("confidence", 4) == 0.25
+    assert criterion_limit("patience", 2) is None and criterion_limit("entropy", 1) is None
+    assert near_criterion_limit("entropy", 0.6884, 2)  # the threshold the main job once shipped (ln 2 = 0.6931)
+    assert not near_criterion_limit("entropy", 0.5, 2)
+    assert near_criterion_limit("confidence", 0.51, 2) and not near_criterion_limit("confidence", 0.9, 2)
+    assert not near_criterion_limit("patience", 1, 2)
 
 
 def test_calibrate_threshold_refuses_impossible_or_ambiguous_targets():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ def _load_example(name: str):
     return module
 
 
-def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, minilm_path):
+def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, minilm_path, capsys):
     example = _load_example("run_costeff_glue")
     out = tmp_path / "run"
     results = example.main(
@@ -39,6 +41,7 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
             *("--teacher_epochs", "1", "--num_train_epochs", "1", "--exit_pooling", "mean"),
             *("--target_heads", "6", "--target_ffn", "768", "--embedding_rank", "64", "--num_prune_events", "1"),
             *("--calibration_batches", "1", "--eval_thresholds", "0.3,0.6", "--calibration_samples", "48"),
+            *("--latency_samples", "32"),
             *("--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"),
         ]
     )
@@ -48,11 +51,50 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert config.layer_num_heads == [6] * 6 and config.layer_intermediate_sizes == [768] * 6
     assert config.embedding_rank == 64 and config.exit_pooling == "mean"
     assert config.id2label == {0: "negative", 1: "positive"}
-    assert config.exit_criterion == "entropy" and config.exit_threshold == results["deployed_exit_threshold"]
-    assert json.loads((out / "all_results.json").read_text())["student_params"] == results["student_params"]
+    # The saved policy keeps its promise on dev, or the model is saved to run every layer.
+    assert config.exit_criterion == results["deployed_exit_criterion"] in ("entropy", "none")
+    assert config.exit_threshold == results["deployed_exit_threshold"]
+    assert results["deployed_metric_drop"] <= results["max_metric_drop"] + 1e-12
+    assert results["deployed_accuracy"] == pytest.approx(
+        results["student_full_accuracy"] - results["deployed_metric_drop"]
+    )
+    if config.exit_criterion == "none":
+        assert results["deployed_policy_warnings"]  # and it said why
+    assert results["calibration_rows"] == 48
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["student_params"] == results["student_params"]
     assert results["full_student_params"]["encoder"] > results["student_params"]["encoder"]  # before vs after pruning
     assert results["teacher_avg_flops"] > results["deployed_avg_flops"]
-    assert "model-index" in (final / "README.md").read_text()
+    card = (final / "README.md").read_text()
+    assert "model-index" in card
+    assert re.search(r"\| FLOPs, full depth, 32 tokens \| \d+(\.\d+)?[kMG] \|", card)  # a unit, 3 digits
+    assert str(final) in card and 'costeff-sst2"' not in card  # the snippets load this folder
+
+    # The end-of-run table shows the JSON's numbers.
+    table = capsys.readouterr().out
+    row = lambda label: re.search(rf"^{re.escape(label)}\s+(\S+)\s+(\S+)\s+(\S+)\s*$", table, re.M).groups()  # noqa: E731
+    accuracy = [float(v) for v in row("dev accuracy")]
+    expected = [saved["teacher_eval_accuracy"], saved["student_full_accuracy"], saved["deployed_accuracy"]]
+    assert accuracy == pytest.approx(expected, abs=5e-5)
+    params = [float(v.rstrip("M")) * 1e6 for v in row("parameters")]
+    assert params == pytest.approx([saved["teacher_params"], *[saved["student_params"]["total"]] * 2], abs=5e3)
+    layers = [float(v) for v in row("mean exit layer")]
+    assert layers == pytest.approx([6, 6, saved["deployed_avg_exit_layer"]], abs=5e-3)
+    speedup = [float(v.rstrip("x")) for v in row("measured speed-up vs teacher")]
+    assert speedup == pytest.approx(
+        [1.0, saved["student_full_measured_speedup"], saved["deployed_measured_speedup"]], abs=5e-3
+    )
+    flops = row("FLOPs speed-up vs teacher")
+    assert float(flops[2].rstrip("x")) == pytest.approx(
+        saved["teacher_avg_flops"] / saved["deployed_avg_flops"], abs=5e-3
+    )
+    assert f"allowed {saved['max_metric_drop']:g}" in table
+    assert table.count("Pruning event ") == len(saved["pruning_events"]) == 1
+
+    # The card's remote-code snippet, run as written in a process where hf_costeff cannot be imported.
+    snippet = re.findall(r"```python\n(.*?)```", card, re.S)[1]
+    assert "trust_remote_code=True" in snippet and "import hf_costeff" not in snippet
+    _run_without_hf_costeff(snippet + "\nprint('RESULT', clf('a gorgeous , witty film')[0]['label'])\n", tmp_path)
 
     # The saved model, reloaded and run with its own exit policy, reproduces the reported dev accuracy and exits.
     tokenizer = AutoTokenizer.from_pretrained(final)
@@ -67,6 +109,31 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     with torch.no_grad():
         full = model(**batch, exit_criterion="none").logits.argmax(-1).numpy()
     assert float(np.mean(full == np.array(dev["label"]))) == pytest.approx(results["eval_exit6_accuracy"], abs=1e-9)
+
+
+def _run_without_hf_costeff(code: str, tmp_path: Path) -> str:
+    """Run ``code`` in a fresh interpreter in which ``import hf_costeff`` fails (as for a user without the package)."""
+    guard = textwrap.dedent("""
+        import importlib.abc, sys
+        class _NoHfCostEff(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "hf_costeff" or name.startswith("hf_costeff."):
+                    raise ImportError("hf_costeff is not installed here")
+        sys.meta_path.insert(0, _NoHfCostEff())
+    """)
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run(
+        [sys.executable, "-c", guard + code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RESULT" in done.stdout
+    return done.stdout
 
 
 def test_tokenizer_is_never_built_from_a_config_alone(tmp_path, minilm_path):

@@ -30,6 +30,26 @@ def model(minilm_tokenizer):
     return CostEffForSequenceClassification(tiny_config(vocab_size=minilm_tokenizer.vocab_size)).eval()
 
 
+def test_over_long_input_gets_one_clear_message(model, minilm_tokenizer, caplog):
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    import hf_costeff.serving  # noqa: F401  (registers the task)
+
+    clf = pipeline("costeff-text-classification", model=model, tokenizer=minilm_tokenizer)
+    text = "word " * (minilm_tokenizer.model_max_length + 100)  # beyond the tokenizer's limit too
+    hf_logging.enable_propagation()  # transformers' own warnings reach caplog too
+    try:
+        with caplog.at_level("WARNING"):
+            clf(text)
+    finally:
+        hf_logging.disable_propagation()
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert messages == [
+        f"Input of {minilm_tokenizer.model_max_length + 102} tokens truncated to the model's maximum of 64 tokens"
+    ]
+
+
 def _alone(model, tokenizer, text, **kw):
     with torch.no_grad():
         return model(**tokenizer(text, return_tensors="pt"), **kw)

@@ -1,13 +1,19 @@
-"""``hf-costeff``: convert a BERT, slenderize it, sweep its exit threshold on GLUE, push it to the Hub.
+"""hf-costeff: convert a BERT checkpoint to a multi-exit CostEff model, slenderize it, sweep its exit threshold on
+GLUE and push it to the Hub.
 
-hf-costeff convert BERT_DIR OUT_DIR [--num_labels 2] [--exit_pooler dense|tanh]
-hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5 [--embedding_rank 128]
-hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 [--criterion entropy] --output r.json
-hf-costeff push MODEL_DIR org/name [--eval_json r.json] [--threshold 0.3] [--teacher BERT_DIR]
+  hf-costeff convert BERT_DIR OUT_DIR
+  hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5
+  hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 --output report.json
+  hf-costeff push MODEL_DIR org/name --eval_json report.json --threshold 0.3
+
+Every command prints its result as JSON on stdout; progress goes to stderr. `hf-costeff COMMAND --help` lists a
+command's options with their defaults.
 """
 
 from __future__ import annotations
 
+# Only the standard library at module level: `hf-costeff --help` must not wait for torch (seconds). Each command
+# imports what it needs (see hf_costeff_cli.py, the console entry point).
 import argparse
 import json
 import sys
@@ -15,8 +21,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it has none) and keeps the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of the command and of every subcommand: the same help layout everywhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _tqdm(*args: Any, **kwargs: Any):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    return tqdm(*args, **kwargs)
 
 
 def _floats(text: str) -> list[float]:
@@ -50,7 +76,9 @@ def _dataloader(
     encoded = encoded.remove_columns(
         [c for c in encoded.column_names if c not in ("input_ids", "attention_mask", "token_type_ids", "labels")]
     )
-    return torch.utils.data.DataLoader(encoded, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    from torch.utils.data import DataLoader  # noqa: PLC0415
+
+    return DataLoader(encoded, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
 def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +96,18 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.exit_layers:
         overrides["exit_layers"] = [int(v) for v in args.exit_layers.split(",")]
-    with tqdm(total=2, desc="convert", disable=args.quiet) as bar:
+    if args.exit_pooling is None:
+        from .configuration_costeff import sentence_transformers_pooling  # noqa: PLC0415
+
+        detected = sentence_transformers_pooling(args.bert)
+        overrides["exit_pooling"] = detected or "cls"
+        reason = (
+            "the pooling this sentence-transformers checkpoint was trained with (1_Pooling/config.json)"
+            if detected
+            else "BERT's [CLS] pooling (no sentence-transformers pooling config found)"
+        )
+        print(f"hf-costeff convert: exit_pooling={overrides['exit_pooling']}: {reason}", file=sys.stderr)
+    with _tqdm(total=2, desc="convert", disable=args.quiet) as bar:
         model = CostEffForSequenceClassification.from_bert(args.bert, **overrides)
         bar.update()
         try:
@@ -111,7 +150,7 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
     )
     importance = compute_importance(
         model,
-        tqdm(loader, desc="importance", disable=args.quiet),
+        _tqdm(loader, desc="importance", disable=args.quiet),
         exit_weighting=args.exit_weighting,
         max_batches=args.max_batches,
     )
@@ -132,14 +171,16 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, torch.Tensor]:
+def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, Any]:
     """One pass over ``loader``: logits ``(N, C)``, exit layers ``(N,)``, unpadded lengths ``(N,)``, labels ``(N,)`` and,
     with criterion ``"none"``, every exit's logits ``(N, E, C)``."""
+    import torch  # noqa: PLC0415
+
     out: dict[str, list[torch.Tensor]] = {"logits": [], "exit_layer": [], "lengths": [], "labels": [], "all": []}
-    for batch in tqdm(loader, desc=desc, disable=quiet, leave=False):
+    for batch in _tqdm(loader, desc=desc, disable=quiet, leave=False):
         labels = batch.pop("labels")
-        result = model(**batch, **exit_kwargs)
+        with torch.no_grad():
+            result = model(**batch, **exit_kwargs)
         out["logits"].append(result.logits)
         out["exit_layer"].append(result.exit_layer)
         out["lengths"].append(batch["attention_mask"].sum(-1))
@@ -149,7 +190,7 @@ def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, torc
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def _predictions(logits: torch.Tensor) -> list:
+def _predictions(logits) -> list:
     return logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
 
 
@@ -179,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         for k, layer in enumerate(config.exit_layers)
     ]
     sweep = []
-    for threshold in tqdm(args.thresholds, desc="thresholds", disable=args.quiet):
+    for threshold in _tqdm(args.thresholds, desc="thresholds", disable=args.quiet):
         run = _run(
             model,
             loader,
@@ -243,58 +284,125 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``hf-costeff`` parser. A new command: a ``cmd_<name>`` function and one ``sub.add_parser`` block here."""
+    parser = _Parser(prog="hf-costeff", description=__doc__)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or informational messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("convert", help="BERT checkpoint -> CostEff folder (every weight carried over)")
-    p.add_argument("bert"), p.add_argument("output_dir")
-    p.add_argument("--num_labels", type=int, default=2)
-    p.add_argument("--exit_pooler", choices=["dense", "tanh"], default="dense")
-    p.add_argument("--exit_pooling", choices=["cls", "mean"], default="cls", help="token(s) each exit reads")
-    p.add_argument("--exit_layers", help="comma-separated 1-based layers (default: every layer)")
-    p.add_argument("--exit_criterion", default="none", choices=["entropy", "confidence", "patience", "none"])
-    p.add_argument("--exit_threshold", type=float)
+    p = sub.add_parser(
+        "convert",
+        help="BERT checkpoint -> CostEff folder (every weight carried over, an exit after each layer)",
+        description="Convert a BERT checkpoint (folder or Hub id) into a CostEff model saved with its tokenizer, "
+        "code files and auto_map.",
+    )
+    p.add_argument("bert", help="BERT checkpoint: a folder or a Hub id")
+    p.add_argument("output_dir", help="folder to write (replaced atomically if it exists)")
+    p.add_argument("--num_labels", type=int, default=2, help="number of classes (1 = regression)")
+    p.add_argument("--exit_pooler", choices=["dense", "tanh"], default="dense", help="exit head: BERT pooler or tanh")
+    p.add_argument(
+        "--exit_pooling",
+        choices=["cls", "mean"],
+        help="token(s) each exit reads: [CLS] or the mean of real tokens (default: what a sentence-transformers "
+        "checkpoint was trained with, read from 1_Pooling/config.json, else cls)",
+    )
+    p.add_argument("--exit_layers", help="comma-separated 1-based layers with an exit (default: every layer)")
+    p.add_argument(
+        "--exit_criterion",
+        default="none",
+        choices=["entropy", "confidence", "patience", "none"],
+        help="exit policy saved in config.json",
+    )
+    p.add_argument("--exit_threshold", type=float, help="threshold of --exit_criterion entropy/confidence")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("slenderize", help="prune heads/FFN neurons (and factorize embeddings) with calibration data")
-    p.add_argument("model_dir"), p.add_argument("output_dir")
-    p.add_argument("--glue_dir"), p.add_argument("--task", default="sst2")
-    p.add_argument("--encoder_keep_fraction", type=float, required=True)
-    p.add_argument("--embedding_rank", type=int)
-    p.add_argument("--exit_weighting", choices=["all", "final"], default="all")
-    p.add_argument("--batch_size", type=int, default=16), p.add_argument("--max_batches", type=int, default=8)
-    p.add_argument("--max_length", type=int, default=128)
+    p = sub.add_parser(
+        "slenderize",
+        help="prune heads/FFN neurons (and factorize the word embedding) with GLUE training batches",
+        description="Estimate every head's and FFN neuron's exit-aware importance on GLUE training batches, prune "
+        "to a global parameter budget and save the smaller model.",
+    )
+    p.add_argument("model_dir", help="CostEff folder (e.g. written by `hf-costeff convert`)")
+    p.add_argument("output_dir", help="folder to write (replaced atomically if it exists)")
+    p.add_argument("--glue_dir", help="folder with <task>/train.tsv (default: read GLUE from the Hub)")
+    p.add_argument("--task", default="sst2", help="GLUE task of the calibration batches")
+    p.add_argument(
+        "--encoder_keep_fraction", type=float, required=True, help="fraction of the encoder's parameters kept"
+    )
+    p.add_argument("--embedding_rank", type=int, help="truncated-SVD rank of the word embedding (default: keep it)")
+    p.add_argument(
+        "--exit_weighting",
+        choices=["all", "final"],
+        default="all",
+        help="importance from every exit's loss (COST-EFF) or the last exit's",
+    )
+    p.add_argument("--batch_size", type=int, default=16, help="calibration batch size")
+    p.add_argument("--max_batches", type=int, default=8, help="calibration batches")
+    p.add_argument("--max_length", type=int, default=128, help="tokens per example (longer ones are truncated)")
     p.set_defaults(func=cmd_slenderize)
 
-    p = sub.add_parser("evaluate", help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)")
-    p.add_argument("model_dir")
-    p.add_argument("--glue_dir"), p.add_argument("--task", default="sst2")
-    p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence", "patience"])
-    p.add_argument("--thresholds", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--patience", type=int)
-    p.add_argument("--batch_size", type=int, default=32), p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--max_examples", type=int)
-    p.add_argument("--output", help="write the JSON report here (it is printed too)")
+    p = sub.add_parser(
+        "evaluate",
+        help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)",
+        description="Every exit's dev metrics, then the real early-exit forward at each threshold: metrics, mean "
+        "FLOPs per example and mean exit layer.",
+    )
+    p.add_argument("model_dir", help="CostEff folder with its tokenizer")
+    p.add_argument("--glue_dir", help="folder with <task>/dev.tsv (default: read GLUE from the Hub)")
+    p.add_argument("--task", default="sst2", help="GLUE task")
+    p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence", "patience"], help="exit rule")
+    p.add_argument(
+        "--thresholds", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5], help="comma-separated thresholds to sweep"
+    )
+    p.add_argument("--patience", type=int, help="patience of --criterion patience (default: the model's)")
+    p.add_argument("--batch_size", type=int, default=32, help="evaluation batch size")
+    p.add_argument("--max_length", type=int, default=128, help="tokens per example (longer ones are truncated)")
+    p.add_argument("--max_examples", type=int, help="evaluate only the first N dev examples (default: all)")
+    p.add_argument("--output", help="also write the JSON report to this file (default: stdout only)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("push", help="folder -> Hub repo, with code for trust_remote_code and a model card")
-    p.add_argument("model_dir"), p.add_argument("repo_id")
-    p.add_argument("--eval_json", help="report of `hf-costeff evaluate` for the card")
+    p = sub.add_parser(
+        "push",
+        help="folder -> Hub repo, with code for trust_remote_code and a model card",
+        description="Push a CostEff folder to the Hub in one commit: weights, tokenizer, code files and a model card.",
+    )
+    p.add_argument("model_dir", help="CostEff folder")
+    p.add_argument("repo_id", help="Hub repository, e.g. org/name (created if missing)")
+    p.add_argument("--eval_json", help="report of `hf-costeff evaluate` for the card's tables")
     p.add_argument("--threshold", type=float, help="exit threshold to ship (written into config.json)")
-    p.add_argument("--criterion", choices=["entropy", "confidence", "patience"])
-    p.add_argument("--teacher", help="config of the model it was compressed from, for the card's comparison")
-    p.add_argument("--dataset", default="glue/sst2"), p.add_argument("--base_model")
-    p.add_argument("--private", action="store_true"), p.add_argument("--token")
+    p.add_argument("--criterion", choices=["entropy", "confidence", "patience"], help="exit rule of --threshold")
+    p.add_argument("--teacher", help="BERT folder or Hub id it was compressed from, for the card's comparison")
+    p.add_argument("--dataset", default="glue/sst2", help="dataset named in the card's metadata")
+    p.add_argument("--base_model", help="Hub id of the base model, for the card's metadata")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--token", help="Hub token (default: the logged-in one)")
     p.set_defaults(func=cmd_push)
+
+    # --quiet is also accepted after the command (SUPPRESS: an omitted one keeps the top-level value).
+    for command in sub.choices.values():
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="as hf-costeff --quiet")
     return parser
+
+
+def _silence_progress() -> None:
+    """--quiet: no progress bars from datasets / transformers / the Hub client, and only errors logged."""
+    import datasets  # noqa: PLC0415
+    from huggingface_hub.utils import disable_progress_bars  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-costeff``; prints the command's JSON result on stdout. Returns the exit status."""
+    args = build_parser().parse_args(argv)
     import hf_costeff.serving  # noqa: F401, PLC0415  (registers the model type and the pipeline task)
 
-    args = build_parser().parse_args(argv)
+    if args.quiet:
+        _silence_progress()
     try:
         result = args.func(args)
     except ValueError as err:

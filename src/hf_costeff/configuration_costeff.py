@@ -6,6 +6,7 @@ This file travels alone to the Hub (``trust_remote_code``): it imports nothing o
 from __future__ import annotations
 
 import difflib
+import json
 import math
 
 from transformers import PretrainedConfig
@@ -330,4 +331,52 @@ def _check_probability(name: str, value) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
-__all__ = ["CostEffConfig", "validate_exit_policy", "EXIT_CRITERIA", "EXIT_POOLERS", "EXIT_POOLINGS"]
+def sentence_transformers_pooling(name_or_path, **hub_kwargs) -> str | None:
+    """The ``exit_pooling`` a sentence-transformers checkpoint was trained with, else ``None``.
+
+    Reads the Pooling module's ``config.json`` (located through ``modules.json``, usually ``1_Pooling/``) of a local
+    folder or Hub repo: ``"mean"`` for ``pooling_mode_mean_tokens``, ``"cls"`` for ``pooling_mode_cls_token``; ``None``
+    for a plain BERT checkpoint, another pooling mode, or a repo that cannot be reached. Exits read the layer's states
+    the way the backbone was trained to summarise them: the packaged all-MiniLM-L6-v2 is mean-pooled, and its [CLS]
+    state alone carries little sentence information in the early layers (docs/results/pooling_probe_sst2.json).
+    """
+    from transformers.utils import cached_file  # noqa: PLC0415
+
+    def read(filename: str):
+        try:
+            path = cached_file(
+                str(name_or_path),
+                filename,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **hub_kwargs,
+            )
+        except (OSError, ValueError):
+            return None
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    modules = read("modules.json")
+    if not isinstance(modules, list):
+        return None
+    folders = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")]
+    pooling = read(f"{folders[0]}/config.json") if folders and folders[0] else None
+    if not isinstance(pooling, dict):
+        return None
+    if pooling.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if pooling.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+__all__ = [
+    "CostEffConfig",
+    "validate_exit_policy",
+    "sentence_transformers_pooling",
+    "EXIT_CRITERIA",
+    "EXIT_POOLERS",
+    "EXIT_POOLINGS",
+]

@@ -10,6 +10,7 @@ early-exit forward.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -26,6 +27,7 @@ from .data import compute_glue_metrics, get_task
 from .modeling_costeff import exit_confident
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -254,6 +256,30 @@ def default_thresholds(preds: ExitPredictions, criterion: str, num: int = 60) ->
     return sorted(candidates, reverse=criterion == "confidence")
 
 
+def criterion_limit(criterion: str, num_labels: int) -> float | None:
+    """The threshold at which ``criterion`` lets every example leave at the first exit: ``ln(num_labels)`` for
+    ``"entropy"`` (its largest possible value), ``1 / num_labels`` for ``"confidence"`` (its smallest); ``None`` for
+    criteria without such a limit (patience, regression)."""
+    if num_labels < 2:
+        return None
+    return {"entropy": math.log(num_labels), "confidence": 1.0 / num_labels}.get(criterion)
+
+
+def near_criterion_limit(criterion: str, threshold: float | int, num_labels: int, tolerance: float = 0.05) -> bool:
+    """Whether ``threshold`` sits within ``tolerance`` (a fraction of the criterion's range) of :func:`criterion_limit`.
+
+    Such a policy sends nearly every input out at the first exit: a calibration that lands there usually means the
+    calibration rows were easier than the data the model will see (e.g. SST-2's short training phrases against its
+    full dev sentences), not that layer 1 is as good as the last.
+    """
+    limit = criterion_limit(criterion, num_labels)
+    if limit is None:
+        return False
+    if criterion == "entropy":
+        return threshold >= (1.0 - tolerance) * limit
+    return threshold <= limit + tolerance * (1.0 - limit)
+
+
 def calibrate_threshold(
     model_or_preds: nn.Module | ExitPredictions,
     dataloader: Iterable[Mapping[str, torch.Tensor]] | None = None,
@@ -264,6 +290,7 @@ def calibrate_threshold(
     min_speedup: float | None = None,
     thresholds: Sequence[float | int] | None = None,
     config: CostEffConfig | None = None,
+    margin: float = 0.0,
 ) -> float | int:
     """The exit threshold (patience for ``"patience"``) that meets a target on a validation set.
 
@@ -274,13 +301,23 @@ def calibrate_threshold(
       * ``min_speedup``: the smallest FLOPs speed-up over running every layer. Returns the most accurate threshold
         reaching it; ties go to the faster one.
 
+    ``margin``: a safety margin for ``max_metric_drop``: the calibration rows must stay within
+    ``max_metric_drop - margin``, so that the sampling noise of the calibration set does not spend the whole budget
+    (a drop measured on ``n`` rows has a standard error of about ``sqrt(discordant fraction / n)``). Check the result
+    on the data you report (see the main job in examples/run_costeff_glue.py).
+
     ``model_or_preds``: a CostEff model (with ``dataloader``) or :class:`ExitPredictions`. ``thresholds``: candidates
-    (default :func:`default_thresholds`). Raises ``ValueError`` when no candidate meets the target.
+    (default :func:`default_thresholds`). Raises ``ValueError`` when no candidate meets the target. Logs a warning when
+    the result is near the criterion's limit (:func:`near_criterion_limit`).
     """
     if (max_metric_drop is None) == (min_speedup is None):
         raise ValueError("give exactly one target: max_metric_drop or min_speedup")
     if max_metric_drop is not None and not max_metric_drop >= 0:
         raise ValueError(f"max_metric_drop must be >= 0, got {max_metric_drop}")
+    if not 0 <= margin or (max_metric_drop is not None and margin > max_metric_drop):
+        raise ValueError(f"margin must be in [0, max_metric_drop], got {margin}")
+    if margin and max_metric_drop is None:
+        raise ValueError("margin applies to max_metric_drop only")
     if min_speedup is not None and not min_speedup >= 1:
         raise ValueError(f"min_speedup must be >= 1 (a speed-up over running every layer), got {min_speedup}")
     if isinstance(model_or_preds, ExitPredictions):
@@ -295,9 +332,11 @@ def calibrate_threshold(
     full = sweep_thresholds(preds, config, task, "none", [None])[0]["metric"]
     if max_metric_drop is not None:
         # A tiny tolerance so that a drop equal to the target (up to float rounding) counts as meeting it.
-        ok = [r for r in rows if full - r["metric"] <= max_metric_drop + 1e-12]
+        allowed = max_metric_drop - margin
+        ok = [r for r in rows if full - r["metric"] <= allowed + 1e-12]
         best = min(ok, key=lambda r: (r["avg_flops"], -r["metric"]), default=None)
-        target = f"a metric drop <= {max_metric_drop} (all layers: {full:.4f})"
+        margin_text = f" - margin {margin}" if margin else ""
+        target = f"a metric drop <= {max_metric_drop}{margin_text} (all layers: {full:.4f})"
     else:
         ok = [r for r in rows if r["flops_speedup"] >= min_speedup - 1e-12]
         best = max(ok, key=lambda r: (r["metric"], -r["avg_flops"]), default=None)
@@ -308,7 +347,16 @@ def calibrate_threshold(
             f"no {criterion} threshold among {len(rows)} candidates reaches {target}; the fastest candidate gives a "
             f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
         )
-    return best[_policy_key(criterion)]
+    value = best[_policy_key(criterion)]
+    if near_criterion_limit(criterion, value, preds.logits.shape[-1]):
+        logger.warning(
+            "calibrated %s threshold %.4g is next to the criterion's limit %.4g: nearly every input would leave at "
+            "the first exit; check it on the data you report (the calibration rows may be easier)",
+            criterion,
+            value,
+            criterion_limit(criterion, preds.logits.shape[-1]),
+        )
+    return value
 
 
 def _pad(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -385,9 +433,11 @@ __all__ = [
     "ExitPredictions",
     "calibrate_threshold",
     "collect_exit_logits",
+    "criterion_limit",
     "default_thresholds",
     "make_batches",
     "measure_latency",
+    "near_criterion_limit",
     "simulate_early_exit",
     "sweep_thresholds",
 ]

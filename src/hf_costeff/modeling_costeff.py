@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_costeff import CostEffConfig, validate_exit_policy
+from .configuration_costeff import CostEffConfig, sentence_transformers_pooling, validate_exit_policy
 
 logger = logging.get_logger(__name__)
 
@@ -428,8 +428,18 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             init_exits_from_final: copy the final pooler and classifier into every exit (DeeBERT initialises its
                 exits' poolers this way); otherwise only the last exit gets them and the others start random.
             **config_overrides: ``CostEffConfig`` fields, e.g. ``num_labels``, ``exit_layers``, ``exit_pooler``.
+                Without ``exit_pooling``, a sentence-transformers checkpoint given by path or Hub id gets the pooling
+                it was trained with (``"mean"`` for all-MiniLM-L6-v2, read from its ``1_Pooling/config.json``);
+                anything else (and any model instance) ``"cls"``.
         """
         bert = _load_bert(model_or_path, config_overrides.get("num_labels"))
+        # Only for a checkpoint given by name: a model instance (e.g. a fine-tuned BertForSequenceClassification)
+        # has a classifier trained on its [CLS] pooler, which the default conversion reproduces exactly.
+        if "exit_pooling" not in config_overrides and isinstance(model_or_path, (str, os.PathLike)):
+            detected = sentence_transformers_pooling(model_or_path)
+            if detected is not None:
+                config_overrides["exit_pooling"] = detected
+                logger.info("exit_pooling=%r: the pooling %s was trained with", detected, model_or_path)
         model = cls(CostEffConfig.from_bert_config(bert.config, **config_overrides))
         state = convert_bert_state_dict(bert.state_dict(), model.config, init_exits_from_final)
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -257,6 +257,7 @@ def push_costeff_to_hub(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         card_kwargs.setdefault("model_name", repo_id.split("/")[-1])
+        card_kwargs.setdefault("repo_id", repo_id)  # the card's snippets load the repository they are pushed to
         write_model_card(model, tmp, **card_kwargs)
         operations = [
             CommitOperationAdd(path_in_repo=str(file.relative_to(tmp)), path_or_fileobj=str(file))

@@ -47,13 +47,12 @@ def _dataset_ids(dataset: str) -> tuple[str, str | None, str]:
 
 
 def _fmt(value: float | int) -> str:
-    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
-        v = float(value)
-        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(v) >= scale:
-                return f"{v / scale:.2f}{unit}"
-        return str(int(v))
-    return f"{value:.4f}"
+    """A count or FLOPs figure with a unit and three significant digits (``31526265.54`` -> ``"31.5M"``)."""
+    v = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return str(int(v)) if v.is_integer() else f"{v:.4g}"
 
 
 def build_model_card(
@@ -162,9 +161,12 @@ def build_model_card(
 
 
 def write_model_card(model: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write ``README.md`` (the model card of :func:`build_model_card`) into folder ``path``; returns its path."""
+    """Write ``README.md`` (the model card of :func:`build_model_card`) into folder ``path``; returns its path.
+
+    Without ``repo_id``, the card's snippets load ``path`` itself (the folder they are written into)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("repo_id", str(path))
     card = build_model_card(model, **kwargs)
     target = folder / "README.md"
     card.save(target)

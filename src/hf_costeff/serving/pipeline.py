@@ -111,7 +111,8 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
             if not text.strip():
                 raise ValueError("empty text: every input must contain at least one non-space character")
         max_length = tokenizer_kwargs.pop("max_length", None) or self._max_length()
-        full = super().preprocess(inputs, **tokenizer_kwargs)
+        # verbose=False: the tokenizer's own "sequence length is longer than ..." warning would precede ours.
+        full = super().preprocess(inputs, **{"verbose": False, **tokenizer_kwargs})
         length = full["input_ids"].shape[-1]
         if length <= max_length:
             return full

@@ -238,15 +238,31 @@ def unpruned_config(config: CostEffConfig) -> CostEffConfig:
 
 
 def plan_widths(
-    config: CostEffConfig, importance: Importance | None, pruning_config: PruningConfig
+    config: CostEffConfig,
+    importance: Importance | None,
+    pruning_config: PruningConfig,
+    normalize: str = "layer",
 ) -> tuple[list[int], list[int]]:
     """Per-layer widths ``(heads_per_layer, ffn_per_layer)`` that meet ``pruning_config``.
 
     Explicit widths are taken as given (a layer is never widened: a target above the current width keeps the current
-    one; unset lists keep the current widths). A global budget removes the heads and neurons of lowest
-    ``importance / parameter cost`` across all layers until the encoder has at most
-    ``encoder_keep_fraction * encoder parameters of the unpruned model``; it stops within one unit's cost of the
-    budget, and never takes a layer below ``keep_min_heads`` heads. ``importance`` is needed only for a budget.
+    one; unset lists keep the current widths). A global budget removes the heads and neurons of lowest score across
+    all layers until the encoder has at most ``encoder_keep_fraction * encoder parameters of the unpruned model``; it
+    stops within one unit's cost of the budget, and never takes a layer below ``keep_min_heads`` heads.
+    ``importance`` is needed only for a budget.
+
+    ``normalize`` sets the score, always an importance per parameter removed:
+
+    * ``"layer"`` (default): each unit's importance divided by the mean importance of its group (the heads of its
+      layer, or the FFN neurons of its layer), as Molchanov et al. (2017) and Michel et al. (2019) normalise per layer.
+      Within a group every unit costs the same, so this is the unit's importance per parameter in units of its
+      group's average per parameter: heads and neurons are compared on one relative scale.
+    * ``"kind"``: the same with one group for all heads and one for all neurons (keeps differences between layers).
+    * ``"none"``: raw ``importance / parameter cost``. First-order Taylor scores are not on one scale across unit
+      sizes (removing a head removes ~64x the parameters of a neuron at once and its score underestimates that), so
+      this cuts heads first: MiniLM at ``encoder_keep_fraction=0.5`` kept 1 head of 12 in every layer.
+
+    ``benchmarks/width_planning.py`` measures the three against uniform widths of equal size (docs/slenderization.md).
     """
     if not isinstance(pruning_config, PruningConfig):
         raise ValueError(f"pruning_config must be a PruningConfig, got {type(pruning_config).__name__}")
@@ -260,14 +276,29 @@ def plan_widths(
             [min(t, c) for t, c in zip(ffn, current_ffn, strict=True)],
         )
 
+    if normalize not in ("layer", "kind", "none"):
+        raise ValueError(f"normalize must be 'layer', 'kind' or 'none', got {normalize!r}")
     if importance is None:
         raise ValueError("a global budget (encoder_keep_fraction) needs importance scores")
     importance.check(config)
     target = pruning_config.encoder_keep_fraction * count_parameters(unpruned_config(config))["encoder"]
     params = count_parameters(config)["encoder"]
     h_cost, n_cost = head_cost(config), neuron_cost(config)
-    # One candidate per unit: (importance per parameter, kind, layer, cost); removed cheapest-per-parameter first.
-    scores = torch.cat([h / h_cost for h in importance.heads] + [n / n_cost for n in importance.neurons])
+
+    def relative(groups: list[torch.Tensor]) -> list[torch.Tensor]:
+        # An all-zero group (nothing measured) stays at 0: it is removed first, as the raw scores would have it.
+        mean = torch.cat(groups).mean() if normalize == "kind" else None
+        out = []
+        for g in groups:
+            m = mean if mean is not None else (g.mean() if g.numel() else torch.tensor(0.0))
+            out.append(g / m if m > 0 else torch.zeros_like(g))
+        return out
+
+    # One candidate per unit: (score, kind, layer); removed lowest score first, each taking its parameter cost away.
+    if normalize == "none":
+        scores = torch.cat([h / h_cost for h in importance.heads] + [n / n_cost for n in importance.neurons])
+    else:
+        scores = torch.cat([*relative(importance.heads), *relative(importance.neurons)])
     kinds = [(0, i) for i in range(layers) for _ in range(current_heads[i])]
     kinds += [(1, i) for i in range(layers) for _ in range(current_ffn[i])]
     heads, ffn = list(current_heads), list(current_ffn)
