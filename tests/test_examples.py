@@ -91,6 +91,12 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert f"allowed {saved['max_metric_drop']:g}" in table
     assert table.count("Pruning event ") == len(saved["pruning_events"]) == 1
 
+    # The README's and docs' main-job figures render from such a JSON and quote its numbers.
+    figures = _load_example("readme_figures")
+    paragraph = figures.readme_paragraph(saved)
+    assert f"{100 * saved['deployed_accuracy']:.2f}%" in paragraph and saved["machine"] in paragraph
+    assert f"{100 * saved['teacher_eval_accuracy']:.2f}%" in figures.compress_section(saved)
+
     # The card's remote-code snippet, run as written in a process where hf_costeff cannot be imported.
     snippet = re.findall(r"```python\n(.*?)```", card, re.S)[1]
     assert "trust_remote_code=True" in snippet and "import hf_costeff" not in snippet
@@ -164,6 +170,22 @@ def test_main_job_compresses_and_keeps_most_accuracy(tmp_path):
     assert results["eval_exit6_accuracy"] > teacher - 0.08
     assert results["eval_exit1_accuracy"] > 0.6  # the first exit learned something
     assert results["eval_entropy_0.65_avg_exit_layer"] < 6.0  # and examples do leave early
+    # The saved policy keeps its promise on dev (or the model was saved to run every layer, and said so).
+    assert results["deployed_metric_drop"] <= results["max_metric_drop"] + 1e-12
+    final = tmp_path / "main" / "final"
+    assert {"configuration_costeff.py", "modeling_costeff.py", "README.md"} <= {p.name for p in final.iterdir()}
+
+
+def test_readme_figures_are_the_quoted_runs():
+    """README.md and docs/compress.md quote the main job's figures as examples/readme_figures.py writes them from
+    docs/results/main_job_sst2.json (the run's all_results.json): no hand-edited number."""
+    figures = _load_example("readme_figures")
+    if not figures.RESULTS.exists():
+        pytest.skip(f"no main-job run recorded yet ({figures.RESULTS.name}); the docs say so")
+    results = json.loads(figures.RESULTS.read_text(encoding="utf-8"))
+    for path, render in figures.TARGETS.items():
+        assert figures.region(path.read_text(encoding="utf-8")) == render(results), f"{path.name} is stale"
+    assert results["deployed_metric_drop"] <= results["max_metric_drop"] + 1e-12
 
 
 if __name__ == "__main__":
