@@ -42,6 +42,7 @@ _LAZY = {
     "factorize_embeddings": "slenderize",
     "plan_widths": "slenderize",
     "prune_model": "slenderize",
+    "trim_vocabulary": "slenderize",
     "MultiExitTrainer": "training",
     "SlenderizeCallback": "training",
 }
@@ -84,4 +85,5 @@ __all__ = [
     "simulate_early_exit",
     "sweep_thresholds",
     "tokenize_glue",
+    "trim_vocabulary",
 ]
