@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from conftest import run_without_hf_costeff
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -248,24 +246,7 @@ def test_trimmed_model_loads_from_the_hub_cache_with_remote_code_only(tmp_path, 
         print("RESULT=" + json.dumps({{"module": type(model).__module__, "vocab": model.config.vocab_size,
                                       "logits": logits.tolist(), "scores": scores}}))
     """)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_CACHE": str(tmp_path / "hf_home" / "hub"),
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONPATH": "",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_without_hf_costeff(script, tmp_path / "hf_home", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT=")[-1])
     assert result["module"].startswith("transformers_modules.") and result["vocab"] == len(tokenizer)
