@@ -141,6 +141,12 @@ def compare_tokenizations(before: Any, after: Any, texts: Iterable[str]) -> dict
     }
 
 
+def _token_ids(value: Any) -> list[int]:
+    """The token ids a configuration field holds: none, one id, or a list of ids (``eos_token_id=[1, 2]``)."""
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
 def _single_characters(vocab: dict[str, int], prefix: str) -> set[int]:
     """Ids of the one-character pieces, word-initial (``"q"``) and continuation (``"##q"``)."""
     return {
@@ -277,11 +283,10 @@ def trim_vocabulary(
     kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     for config in _configs(model):
         for field in TOKEN_ID_FIELDS:
-            value = getattr(config, field, None)
-            if isinstance(value, int) and not isinstance(value, bool):
+            for value in _token_ids(getattr(config, field, None)):
                 if not 0 <= value < len(tokenizer):
                     raise ValueError(
-                        f"config.{field}={value} is not a token id of the tokenizer ({len(tokenizer)} ids)"
+                        f"config.{field} holds {value}, not a token id of the tokenizer ({len(tokenizer)} ids)"
                     )
                 kept.add(value)
     if keep_tokens is not None:
@@ -313,8 +318,9 @@ def trim_vocabulary(
     rows.weight.requires_grad_(embedding.weight.requires_grad)
     model.set_input_embeddings(rows)
 
+    previous = getattr(model.config, TRIMMING_FIELD, None) or {}  # trimming a trimmed model: keep the first size
     record = {
-        "original_vocab_size": num_rows,
+        "original_vocab_size": previous.get("original_vocab_size", num_rows),
         "vocab_size": len(kept_ids),
         "corpus": corpus,
         "num_texts": len(texts),
@@ -325,8 +331,8 @@ def trim_vocabulary(
         config.vocab_size = len(kept_ids)
         for field in TOKEN_ID_FIELDS:
             value = getattr(config, field, None)
-            if isinstance(value, int) and value in new_id:
-                setattr(config, field, new_id[value])
+            if _token_ids(value):
+                setattr(config, field, [new_id[v] for v in value] if isinstance(value, list) else new_id[value])
         setattr(config, TRIMMING_FIELD, record)
     return model, new_tokenizer
 
