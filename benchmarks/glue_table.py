@@ -63,6 +63,7 @@ from transformers import (
     BertForSequenceClassification,
     DataCollatorWithPadding,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -193,7 +194,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="cap every training stage (throughput probes only)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--eval_batch_size", type=int, default=128)
-    p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period (resume after a stop)")
+    p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period in steps")
+    p.add_argument(
+        "--save_minutes", type=float, default=10.0, help="... and in wall minutes (a starved run still saves)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (the shared 2-core machine: 1)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
@@ -376,6 +380,24 @@ def training_args(out: Path, args, epochs: float, lr: float, warmup: float = 0.1
     )
 
 
+class TimedCheckpoints(TrainerCallback):
+    """Save a checkpoint every ``minutes`` of wall time as well: under heavy CPU contention (a nice-19 process on a
+    shared machine) a step can take a minute, and a step-based period alone could leave hours of work unsaved."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * minutes
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds > 0 and time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+        return control
+
+
 def run_trainer(trainer: Trainer, work: Path) -> float:
     """Train, resuming from the last checkpoint in ``work`` if a previous run stopped; returns the training loss."""
     last = get_last_checkpoint(str(work)) if work.exists() else None
@@ -413,6 +435,7 @@ def pareto_context(data: TaskData, args, work: Path, model_path: str, *, epochs:
         "num_layers": BertForSequenceClassification.config_class.from_pretrained(model_path).num_hidden_layers,
         "stages": {},
         "training_args": lambda out, a, ep, learning_rate: training_args(out, a, ep, learning_rate),
+        "callbacks": [TimedCheckpoints(args.save_minutes)],
     }
 
 
@@ -427,6 +450,7 @@ def build_teacher(data: TaskData, args, model_path: str, settings: dict, work: P
         data_collator=collator,
         processing_class=data.tokenizer,
         compute_metrics=data.metric_fn(),
+        callbacks=[TimedCheckpoints(args.save_minutes)],
     )
     start = time.perf_counter()
     loss = run_trainer(trainer, work)

@@ -159,3 +159,21 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     before = {m["name"]: m["score"] for m in first["tasks"]["sst2"]["models"]}
     after = {m["name"]: m["score"] for m in again["tasks"]["sst2"]["models"]}
     assert before == after and not again["tasks"]["sst2"]["pending"]
+
+
+def test_timed_checkpoints_save_after_the_period(monkeypatch):
+    from transformers import TrainerControl
+
+    clock = [100.0]
+    monkeypatch.setattr(glue_table.time, "monotonic", lambda: clock[0])
+    callback = glue_table.TimedCheckpoints(minutes=1.0)
+    control = TrainerControl()
+    clock[0] += 59.0
+    assert not callback.on_step_end(None, None, control).should_save
+    clock[0] += 2.0
+    assert callback.on_step_end(None, None, control).should_save
+    callback.on_save(None, None, control)
+    control = TrainerControl()
+    clock[0] += 30.0
+    assert not callback.on_step_end(None, None, control).should_save
+    assert not glue_table.TimedCheckpoints(minutes=0).on_step_end(None, None, TrainerControl()).should_save
