@@ -785,6 +785,12 @@ class TaskRun:
                     budget, recipe, s, st, source_key, p, teacher_key, w, o
                 ),
             )
+        # One pending line per model, saying which of its stages it waits for.
+        steps = [f"{step}_{name.removeprefix('costeff_')}" for step in STUDENT_STEPS[:2]]
+        reasons = [(n, self.pending.pop(n, None)) for n in steps] + [(name, self.pending.get(name))]
+        reasons = [(n, r) for n, r in reasons if r]
+        if key is None and reasons:
+            self.pending[name] = f"{reasons[0][0]}: {reasons[0][1]}"
         self.models[name] = {"key": key, "kind": "costeff", "criterion": "entropy", "group": group}
 
     def kd_source(self, recipe: Recipe, source_key: str):
@@ -1192,14 +1198,15 @@ def markdown(report: dict) -> str:
                 ]
         if t["pending"]:
             lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]
-        lines += [
-            "",
-            "Stages (wall time on the machine above; 'command' as run):",
-            "",
-            "| stage | finished (UTC) | wall (s) | recipe |",
-            "|---|---|---|---|",
-        ]
         rows = {r["key"]: r for stage_rows in t["stages"].values() for r in stage_rows}
+        if rows:
+            lines += [
+                "",
+                "Finished stages (wall time on the machine of the stage's own run; commands in the JSON):",
+                "",
+                "| stage | finished (UTC) | wall (s) | recipe |",
+                "|---|---|---|---|",
+            ]
         for r in sorted(rows.values(), key=lambda r: r["finished_utc"] or ""):
             lines.append(f"| {r['key']} | {r['finished_utc']} | {r['wall_seconds']:.0f} | {r['recipe'] or ''} |")
         if t["teacher"] is not None:
