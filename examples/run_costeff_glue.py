@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import transformers
@@ -60,6 +61,7 @@ from hf_costeff.evaluation import (
 )
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer, save_pretrained_atomic
+from hf_costeff.slenderize import write_vocab_file
 from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
 
 logger = logging.getLogger("run_costeff_glue")
@@ -118,6 +120,13 @@ class CostEffArguments:
         metadata={
             "help": "Draw the calibration rows with the dev set's length distribution (SST-2's training rows are "
             "mostly short phrases, its dev rows full sentences: short rows would make early exit look free)."
+        },
+    )
+    trim_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "Trim the trained student's vocabulary to the tokens of the task's training texts (plus special "
+            "tokens and single characters) before the final evaluation: word embedding, tokenizer.json and vocab.txt."
         },
     )
     max_metric_drop: float = field(
@@ -367,20 +376,23 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict, show_progress: bo
     )
 
 
-def measure_speed(teacher, model, dataset, cargs, batch_size: int, results: dict) -> None:
+def measure_speed(teacher, model, teacher_dev, student_dev, cargs, batch_size: int, results: dict) -> None:
     """Wall time per example of the teacher, the student through every layer and with its saved policy, on the first
-    ``--latency_samples`` dev rows (median of 3 passes, this process's threads)."""
-    n = min(cargs.latency_samples, len(dataset))
+    ``--latency_samples`` dev rows (median of 3 passes, this process's threads). Each model reads the dev rows as its
+    own tokenizer encodes them (they differ after --trim_vocabulary)."""
+    n = min(cargs.latency_samples, len(teacher_dev))
     if n < 1:
         return
-    rows = [
-        {k: row[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in row}
-        for row in dataset.select(range(n))
-    ]
+
+    def rows(dataset):
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return [{k: row[k] for k in keys if k in row} for row in dataset.select(range(n))]
+
+    teacher_rows, student_rows = rows(teacher_dev), rows(student_dev)
     timings = {
-        "teacher": measure_latency(teacher, rows, batch_size=batch_size, repeats=3),
-        "student_full": measure_latency(model, rows, batch_size=batch_size, repeats=3, exit_criterion="none"),
-        "deployed": measure_latency(model, rows, batch_size=batch_size, repeats=3),
+        "teacher": measure_latency(teacher, teacher_rows, batch_size=batch_size, repeats=3),
+        "student_full": measure_latency(model, student_rows, batch_size=batch_size, repeats=3, exit_criterion="none"),
+        "deployed": measure_latency(model, student_rows, batch_size=batch_size, repeats=3),
     }
     per_batch = batch_size if n >= batch_size else n
     results["latency_examples"], results["latency_batch_size"] = n, batch_size
@@ -389,12 +401,31 @@ def measure_speed(teacher, model, dataset, cargs, batch_size: int, results: dict
         results[f"{name}_measured_speedup"] = timings["teacher"] / seconds
 
 
+def trim_student_vocabulary(trainer, raw, cargs, results: dict) -> dict:
+    """Trim the student's vocabulary on the task's training texts; the trainer then evaluates and saves the trimmed
+    model with the trimmed tokenizer. Returns the calibration and dev splits tokenized by it."""
+    from hf_costeff.data import glue_texts  # noqa: PLC0415
+    from hf_costeff.slenderize import trim_vocabulary  # noqa: PLC0415
+
+    task = cargs.task_name
+    texts = glue_texts(load_glue(task, cargs.glue_dir)["train"], task)
+    _, tokenizer = trim_vocabulary(trainer.model, trainer.processing_class, texts, corpus=f"glue/{task} train")
+    trainer.processing_class, trainer.data_collator = tokenizer, DataCollatorWithPadding(tokenizer)
+    splits = {name: raw[name] for name in ("calibration", "validation")}
+    data = tokenize_glue(datasets.DatasetDict(splits), tokenizer, task, max_length=cargs.max_seq_length)
+    trainer.eval_dataset = data["validation"]
+    results["vocabulary_trimming"] = trainer.model.config.vocabulary_trimming
+    return data
+
+
 def save_final_model(model, tokenizer, folder: Path, cargs, results: dict, teacher_config) -> None:
     """Save the slenderized model with its exit policy, its tokenizer, the code files and ``auto_map`` (so it loads
     with ``trust_remote_code=True`` where hf_costeff is not installed) and its model card."""
     task = cargs.task_name
     main_metric = get_task(task).main_metric
     save_pretrained_atomic(model, folder, tokenizer=tokenizer)
+    if getattr(model.config, "vocabulary_trimming", None):
+        write_vocab_file(tokenizer, folder)  # the slow tokenizer's file, in the trimmed id order
     write_model_card(
         model,
         folder,
@@ -610,6 +641,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["student_train_seconds"] = time.time() - stage3_start
     results["student_train_loss"] = train_output.training_loss
     results["pruning_events"] = callback.history
+    student_data = trim_student_vocabulary(trainer, raw, cargs, results) if cargs.trim_vocabulary else data
 
     logger.info("Stage 4: evaluation of every exit and of entropy early exit at %s", thresholds)
     results.update(trainer.evaluate())
@@ -632,10 +664,18 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     final = Path(targs.output_dir) / "final"
-    logger.info("Calibrating the exit threshold on %d held-out training rows", len(data["calibration"]))
-    calibrate_exit_policy(trainer, data, cargs, results, show_progress=not targs.disable_tqdm)
-    measure_speed(teacher, trainer.model, data["validation"], cargs, targs.per_device_eval_batch_size, results)
-    save_final_model(trainer.model, tokenizer, final, cargs, results, teacher.config)
+    logger.info("Calibrating the exit threshold on %d held-out training rows", len(student_data["calibration"]))
+    calibrate_exit_policy(trainer, student_data, cargs, results, show_progress=not targs.disable_tqdm)
+    measure_speed(
+        teacher,
+        trainer.model,
+        data["validation"],
+        student_data["validation"],
+        cargs,
+        targs.per_device_eval_batch_size,
+        results,
+    )
+    save_final_model(trainer.model, trainer.processing_class, final, cargs, results, teacher.config)
     results["wall_seconds"] = time.time() - started
     results["machine"] = machine_description()
     results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -43,6 +43,7 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
             *("--calibration_batches", "1", "--eval_thresholds", "0.3,0.6", "--calibration_samples", "48"),
             *("--latency_samples", "32"),
             *("--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"),
+            "--trim_vocabulary",
         ]
     )
     final = out / "final"
@@ -69,6 +70,12 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert "model-index" in card
     assert re.search(r"\| FLOPs, full depth, 32 tokens \| \d+(\.\d+)?[kMG] \|", card)  # a unit, 3 digits
     assert str(final) in card and 'costeff-sst2"' not in card  # the snippets load this folder
+    # --trim_vocabulary: the saved model, its tokenizer files, parameter count and card hold the trimmed vocabulary.
+    trimmed = results["vocabulary_trimming"]
+    assert config.vocab_size == trimmed["vocab_size"] < trimmed["original_vocab_size"] == 30522
+    assert len((final / "vocab.txt").read_text(encoding="utf-8").splitlines()) == config.vocab_size
+    assert results["student_params"] == hf_costeff.count_parameters(config)
+    assert f"{config.vocab_size:,} tokens on glue/sst2 train" in (final / "README.md").read_text()
 
     # The end-of-run table shows the JSON's numbers.
     table = capsys.readouterr().out
