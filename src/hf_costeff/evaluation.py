@@ -156,6 +156,27 @@ def simulate_early_exit(
     return layers, predictions
 
 
+def task_metrics(task: str | None, predictions: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, float], str]:
+    """``(metrics, main metric name)`` of predictions against labels: the GLUE metrics of ``task``, or without a task
+    ``accuracy`` (classification: integer predictions) or ``mse`` (regression: float predictions)."""
+    if task is not None:
+        return compute_glue_metrics(task, predictions.numpy(), labels.numpy()), get_task(task).main_metric
+    if predictions.is_floating_point():
+        return {"mse": float(((predictions.double() - labels.double()) ** 2).mean())}, "mse"
+    return {"accuracy": float((predictions == labels).double().mean())}, "accuracy"
+
+
+def exit_metrics(preds: ExitPredictions, config: CostEffConfig | None, task: str | None) -> list[dict]:
+    """One row per exit, as if every example left there: ``exit_layer``, ``metrics`` (see :func:`task_metrics`)
+    and ``metric`` (the main one)."""
+    config = _config_of(preds, config)
+    rows = []
+    for k, layer in enumerate(config.exit_layers):
+        metrics, main = task_metrics(task, _predict(preds.logits[:, k]), preds.labels)
+        rows.append({"exit_layer": layer, "metrics": metrics, "metric": metrics[main]})
+    return rows
+
+
 class _FlopsTable:
     """``forward_flops`` of every (example, exit) pair, computed once per distinct length: sweeps stay fast."""
 
@@ -185,21 +206,21 @@ def _policy_key(criterion: str) -> str:
 def _evaluate_policy(
     preds: ExitPredictions,
     config: CostEffConfig,
-    task: str,
+    task: str | None,
     criterion: str,
     value,
     table: _FlopsTable,
     regression_threshold: float | None,
 ) -> dict:
     layers, predictions = simulate_early_exit(preds, config, criterion, value, regression_threshold)
-    metrics = compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
+    metrics, main = task_metrics(task, predictions, preds.labels)
     avg_flops = table.average(layers)
     histogram = {int(layer): int((layers == layer).sum()) for layer in config.exit_layers}
     return {
         "criterion": criterion,
         _policy_key(criterion): value,
         "metrics": metrics,
-        "metric": metrics[get_task(task).main_metric],
+        "metric": metrics[main],
         "avg_flops": avg_flops,
         "flops_speedup": table.full() / avg_flops,
         "avg_exit_layer": float(layers.float().mean()),
@@ -211,7 +232,7 @@ def _evaluate_policy(
 def sweep_thresholds(
     preds: ExitPredictions,
     config: CostEffConfig | None,
-    task: str,
+    task: str | None,
     criterion: str,
     thresholds: Sequence[float | int],
     regression_threshold: float | None = None,
@@ -219,7 +240,7 @@ def sweep_thresholds(
     """One row per threshold (or patience): the task's metrics and cost had the model run with that policy.
 
     Each row: ``criterion``, ``threshold`` (``patience`` for the patience criterion), ``metrics`` (all of the task's
-    GLUE metrics), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
+    GLUE metrics; accuracy or MSE without a task, see :func:`task_metrics`), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
     the examples' unpadded lengths), ``flops_speedup`` (FLOPs of running every layer / ``avg_flops``),
     ``avg_exit_layer``, ``layer_speedup`` (``num_hidden_layers / avg_exit_layer``), ``exit_histogram``
     ({layer: count}).
@@ -386,8 +407,10 @@ __all__ = [
     "calibrate_threshold",
     "collect_exit_logits",
     "default_thresholds",
+    "exit_metrics",
     "make_batches",
     "measure_latency",
     "simulate_early_exit",
     "sweep_thresholds",
+    "task_metrics",
 ]
