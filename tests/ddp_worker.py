@@ -115,6 +115,21 @@ def api_run(work: Path) -> dict:
     return result
 
 
+def fsdp_refusal(work: Path) -> str:
+    """The message MultiExitTrainer gives when asked to prune in training under FSDP (it refuses)."""
+    try:
+        MultiExitTrainer(
+            model=_full_model(),
+            args=_args(work / "fsdp", fsdp=True, ddp_backend="gloo"),
+            data_collator=_collate,
+            train_dataset=_dataset(8),
+            callbacks=[_prune_callback()],
+        )
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"
+
+
 def example_run(work: Path, bert: str, glue_dir: str) -> dict:
     """examples/run_costeff_glue.py, recording every file this process opens for writing in its output folder."""
     import importlib.util  # noqa: PLC0415
@@ -167,6 +182,7 @@ def main() -> None:
     work, bert, glue_dir = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     rank = int(os.environ["RANK"])
     result = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "api": api_run(work)}
+    result["fsdp"] = fsdp_refusal(work)
     result["example"] = example_run(work, bert, glue_dir)
     (work / f"rank{rank}.json").write_text(json.dumps(result, indent=1, default=float))
 

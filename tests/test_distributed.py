@@ -114,6 +114,12 @@ def test_pruning_events_give_one_model_on_every_process(ddp_run):
     assert a0["optimizer_covers_model"] and a1["optimizer_covers_model"]
 
 
+def test_in_training_pruning_under_fsdp_is_refused(ddp_run):
+    _, reports, _ = ddp_run
+    for report in reports:
+        assert "does not run under FSDP" in report["fsdp"] and "docs/distributed.md" in report["fsdp"]
+
+
 def test_resume_under_two_processes_from_a_pruned_checkpoint(ddp_run):
     _, (r0, r1), _ = ddp_run
     s0, s1 = r0["api"]["resumed"], r1["api"]["resumed"]

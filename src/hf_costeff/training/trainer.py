@@ -186,8 +186,10 @@ class MultiExitTrainer(Trainer):
             raise ValueError("MultiExitTrainer takes at most one SlenderizeCallback")
         # Sharded engines own the Parameters (FSDP flattens them, DeepSpeed partitions them and its optimizer state):
         # slicing them in place mid-run would leave the engine with stale shards, silently wrong. Refused, not faked.
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            engine = "FSDP" if self.is_fsdp_enabled else "DeepSpeed"
+        # The engine (accelerate launch --use_fsdp / --use_deepspeed) or the arguments (--fsdp / --deepspeed) ask for it.
+        fsdp = self.is_fsdp_enabled or bool(self.args.fsdp)
+        if fsdp or self.is_deepspeed_enabled or self.args.deepspeed:
+            engine = "FSDP" if fsdp else "DeepSpeed"
             raise ValueError(
                 f"SlenderizeCallback (in-training pruning) does not run under {engine}: train with DDP "
                 "(torchrun / accelerate launch without fsdp/deepspeed), or prune before or after the sharded run "
@@ -266,10 +268,13 @@ class MultiExitTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term since the last training log (``loss_hard``, ``loss_pred_kd``...)."""
+        """Adds the mean of each loss term since the last training log (``loss_hard``, ``loss_pred_kd``...), averaged
+        over processes as ``Trainer`` averages ``loss``."""
         if "loss" in logs and self._loss_parts_count:
-            for name, total in self._loss_parts.items():
-                logs[name] = round(total / self._loss_parts_count, 4)
+            names = sorted(self._loss_parts)
+            means = torch.tensor([self._loss_parts[n] / self._loss_parts_count for n in names], device=self.args.device)
+            for name, value in zip(names, reduce(means, reduction="mean").tolist(), strict=True):
+                logs[name] = round(value, 4)
             self._loss_parts, self._loss_parts_count = {}, 0
         if "loss" in logs and self._event_logs:
             logs.update(self._event_logs)
@@ -413,8 +418,11 @@ class MultiExitTrainer(Trainer):
         if all(getattr(config, f, None) == getattr(current, f, None) for f in _SHAPE_FIELDS):
             return False
         reference = next(self.model.parameters())
-        config._attn_implementation = current._attn_implementation
-        model = type(self.model)(config).to(device=reference.device, dtype=reference.dtype)
+        # The trainer's model configuration (attention implementation and all) at the checkpoint's shapes.
+        shaped = copy.deepcopy(current)
+        for name in _SHAPE_FIELDS:
+            setattr(shaped, name, copy.deepcopy(getattr(config, name, None)))
+        model = type(self.model)(shaped).to(device=reference.device, dtype=reference.dtype)
         self.model = self.model_wrapped = model
         self.callback_handler.model = model
         self.optimizer, self.lr_scheduler = None, None
