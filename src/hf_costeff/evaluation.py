@@ -106,8 +106,8 @@ def _config_of(preds: ExitPredictions, config: CostEffConfig | None) -> CostEffC
     return config
 
 
-def _predict(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``)."""
+def logits_to_predictions(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``); numpy arrays work too."""
     return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
 
 
@@ -152,7 +152,7 @@ def simulate_early_exit(
     done[:, -1] = True
     first = done.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index: the first exit satisfied
     layers = torch.tensor(config.exit_layers, dtype=torch.long)[first]
-    predictions = _predict(logits[torch.arange(n), first])
+    predictions = logits_to_predictions(logits[torch.arange(n), first])
     return layers, predictions
 
 
@@ -172,7 +172,7 @@ def exit_metrics(preds: ExitPredictions, config: CostEffConfig | None, task: str
     config = _config_of(preds, config)
     rows = []
     for k, layer in enumerate(config.exit_layers):
-        metrics, main = task_metrics(task, _predict(preds.logits[:, k]), preds.labels)
+        metrics, main = task_metrics(task, logits_to_predictions(preds.logits[:, k]), preds.labels)
         rows.append({"exit_layer": layer, "metrics": metrics, "metric": metrics[main]})
     return rows
 
@@ -408,6 +408,7 @@ __all__ = [
     "collect_exit_logits",
     "default_thresholds",
     "exit_metrics",
+    "logits_to_predictions",
     "make_batches",
     "measure_latency",
     "simulate_early_exit",
