@@ -441,3 +441,20 @@ def test_slenderize_callback_rejects_bad_schedules(slenderize):
     assert callback.last_event_step(45, 120) == 40 and callback.last_event_step(10, 120) == 0
     with pytest.raises(ValueError, match="do not fit"):
         callback.event_steps(4)
+
+
+def test_the_trainer_owns_one_pruning_schedule(tmp_path, slenderize):
+    from transformers import Trainer
+
+    with pytest.raises(ValueError, match="at most one SlenderizeCallback"):
+        _trainer(tmp_path, _full_model(), callbacks=[_prune_callback(), _prune_callback()])
+    # A plain Trainer would not rebuild what the prune makes stale: the callback refuses rather than skip its event.
+    trainer = Trainer(
+        model=_full_model(),
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=_dataset(16),
+        data_collator=_collate,
+        callbacks=[_prune_callback(prune_steps=[1])],
+    )
+    with pytest.raises(ValueError, match="MultiExitTrainer only"):
+        trainer.train()
