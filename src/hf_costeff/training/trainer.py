@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint, speed_metrics
 
 from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS
-from ..evaluation import ExitPredictions, exit_metrics, sweep_thresholds
+from ..evaluation import ExitPredictions, evaluate_exit_logits
 from ..modeling_costeff import CostEffForSequenceClassification
 from .distillation import (
     PRED_KD_LOSSES,
@@ -489,20 +489,7 @@ class MultiExitTrainer(Trainer):
             for k, w in enumerate(weights)
             if w
         )
-        metrics = {"loss": loss}
-        rows = exit_metrics(preds, config, self.task_name)
-        for row in rows:
-            metrics.update({f"exit{row['exit_layer']}_{name}": value for name, value in row["metrics"].items()})
-        for name in rows[0]["metrics"]:
-            metrics[f"mean_exit_{name}"] = sum(row["metrics"][name] for row in rows) / len(rows)
-        for criterion, value, regression_threshold in self._eval_policies():
-            row = sweep_thresholds(preds, config, self.task_name, criterion, [value], regression_threshold)[0]
-            prefix = f"{criterion}_{value:g}_"
-            metrics.update({prefix + name: v for name, v in row["metrics"].items()})
-            for name in ("avg_flops", "flops_speedup", "avg_exit_layer", "layer_speedup"):
-                metrics[prefix + name] = row[name]
-            for layer, count in row["exit_histogram"].items():
-                metrics[f"{prefix}exit_fraction_L{layer}"] = count / len(preds.labels)
+        metrics = {"loss": loss, **evaluate_exit_logits(preds, self.task_name, self._eval_policies(), config)}
         metrics.update(speed_metrics("x", start, num_samples=len(preds.labels)))
         metrics = {
             (f"{metric_key_prefix}_{k[2:]}" if k.startswith("x_") else f"{metric_key_prefix}_{k}"): v
@@ -512,23 +499,30 @@ class MultiExitTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _eval_policies(self) -> list[tuple[str, float | int, float | None]]:
-        """``(criterion, threshold or patience, regression tolerance)`` of each early-exit policy to measure: the
-        trainer's ``eval_exit_criterion`` at each of ``eval_exit_thresholds`` (patience values for ``"patience"``, or
-        ``eval_exit_patience``), else the model's configured policy, else none."""
+    def _eval_policies(self) -> dict[str, tuple[str, float | None, int | None]]:
+        """``{name: (criterion, threshold, patience)}`` of each early-exit policy to measure: the trainer's
+        ``eval_exit_criterion`` at each of ``eval_exit_thresholds`` (patience values for ``"patience"``, or
+        ``eval_exit_patience``), else the model's configured policy, else none. Names: ``{criterion}_{value:g}``."""
         config = self.model.config
         criterion = self.eval_exit_criterion
-        values: list[float | int] = list(self.eval_exit_thresholds)
         if criterion == "patience":
-            values = [int(v) for v in values] or ([self.eval_exit_patience] if self.eval_exit_patience else [])
-        if values:
-            tolerance = config.exit_threshold if criterion == "patience" else None
-            return [(criterion, value, tolerance) for value in values]
+            values = [int(v) for v in self.eval_exit_thresholds] or (
+                [self.eval_exit_patience] if self.eval_exit_patience else []
+            )
+            return {f"patience_{p}": ("patience", config.exit_threshold, p) for p in values}
+        if self.eval_exit_thresholds:
+            return {f"{criterion}_{t:g}": (criterion, t, None) for t in self.eval_exit_thresholds}
         if config.exit_criterion == "patience":
-            return [("patience", config.exit_patience, config.exit_threshold)]
+            return {f"patience_{config.exit_patience}": ("patience", config.exit_threshold, config.exit_patience)}
         if config.exit_criterion != "none":
-            return [(config.exit_criterion, config.exit_threshold, None)]
-        return []
+            return {
+                f"{config.exit_criterion}_{config.exit_threshold:g}": (
+                    config.exit_criterion,
+                    config.exit_threshold,
+                    None,
+                )
+            }
+        return {}
 
 
 class _AfterOptimizerStep(TrainerCallback):
