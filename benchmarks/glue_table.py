@@ -77,12 +77,12 @@ from hf_costeff.evaluation import (
     calibrate_threshold,
     collect_exit_logits,
     default_thresholds,
+    logits_to_predictions,
     simulate_early_exit,
     sweep_thresholds,
 )
 from hf_costeff.slenderize import PruningConfig
 from hf_costeff.training import SlenderizeCallback
-from hf_costeff.training.metrics import logits_to_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pareto  # noqa: E402  (the Pareto benchmark's recipes: TA, DeeBERT, PABEE, static; frontier helpers)
