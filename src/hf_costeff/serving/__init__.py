@@ -7,6 +7,7 @@ from .hub import (
     load_costeff,
     prepare_for_hub,
     push_costeff_to_hub,
+    recover_interrupted_save,
     save_pretrained_atomic,
 )
 from .model_card import build_model_card, card_template, write_model_card
@@ -24,6 +25,7 @@ __all__ = [
     "load_costeff",
     "prepare_for_hub",
     "push_costeff_to_hub",
+    "recover_interrupted_save",
     "register_pipeline",
     "save_pretrained_atomic",
     "summarize_results",
