@@ -6,8 +6,10 @@ This file travels alone to the Hub (``trust_remote_code``): it imports nothing o
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import numbers
+import os
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
@@ -243,6 +245,7 @@ class CostEffConfig(PretrainedConfig):
         self.exit_loss_weights = _as_list(exit_loss_weights)
         self.gradient_equilibrium = gradient_equilibrium
         _reject_misspelled_fields(kwargs)
+        _check_label_fields(kwargs)
         # Sizes first: PretrainedConfig's own validators read head_dim (a division) and the vocabulary size.
         self._validate_sizes()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -283,6 +286,18 @@ class CostEffConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
         """``PretrainedConfig.get_config_dict`` that refuses a config.json which is not a JSON object."""
+        local = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "", "config.json")
+        if os.path.isfile(local):  # transformers fails on `null` or a list with a TypeError/AttributeError of its own
+            try:
+                with open(local, encoding="utf-8") as f:
+                    content = json.load(f)
+            except (UnicodeDecodeError, ValueError) as err:
+                raise ValueError(f"config.json of {str(pretrained_model_name_or_path)!r} is not valid JSON") from err
+            if not isinstance(content, dict):
+                raise ValueError(
+                    f"config.json of {str(pretrained_model_name_or_path)!r} must hold a JSON object of "
+                    f"configuration fields, got {type(content).__name__}"
+                )
         try:
             config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
@@ -399,6 +414,16 @@ def _as_list(value):
     ``list(value)`` would turn a dict into its keys and a string into characters, silently.
     """
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_label_fields(kwargs: dict) -> None:
+    """The label fields PretrainedConfig owns, checked before it uses them (``range(num_labels)``, ``.items()``)."""
+    if "num_labels" in kwargs:
+        kwargs["num_labels"] = plain_number("num_labels", kwargs["num_labels"], integer=True)
+        _check_int("num_labels", kwargs["num_labels"], minimum=1)
+    for name in ("id2label", "label2id"):
+        if kwargs.get(name) is not None and not isinstance(kwargs[name], dict):
+            raise ValueError(f"{name} must be a dict, got {kwargs[name]!r}")
 
 
 def _reject_misspelled_fields(kwargs: dict) -> None:

@@ -269,11 +269,10 @@ def _check_weight_shapes(folder: Path, config: CostEffConfig, model_class: type[
         expected = {key: tuple(t.shape) for key, t in model_class(config).state_dict().items()}
     mismatched = [f"{k}: checkpoint {stored[k]} vs config {v}" for k, v in expected.items() if stored.get(k, v) != v]
     if mismatched:
-        fields = {
-            name: config_value
+        fields = ", ".join(
+            f"{name}={getattr(config, name)}"
             for name in ("vocab_size", "hidden_size", "layer_num_heads", "layer_intermediate_sizes", "embedding_rank")
-            if (config_value := getattr(config, name)) is not None
-        }
+        )
         raise ValueError(
             f"The weights in {str(folder)!r} do not match the shapes its config.json describes ({fields}); "
             f"{len(mismatched)} mismatched tensors, e.g. {mismatched[:3]}"
