@@ -12,7 +12,7 @@ import numbers
 import os
 
 from transformers import PretrainedConfig
-from transformers.activations import ACT2FN
+from transformers.utils import is_torch_available
 
 EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
@@ -136,6 +136,31 @@ def normalize_exit_policy(
 def validate_exit_policy(criterion, threshold, patience, num_exits: int, num_labels: int) -> None:
     """Raise ``ValueError`` naming the field when an inference exit policy is unusable (see `normalize_exit_policy`)."""
     normalize_exit_policy(criterion, threshold, patience, num_exits, num_labels)
+
+
+def resolve_exit_policy(
+    config: CostEffConfig, criterion: str | None, threshold: float | None, patience: int | None
+) -> tuple[str, float | None, int | None]:
+    """The configuration's exit policy with one call's overrides (``None`` keeps the configuration's value), as plain
+    Python values. Shared by the PyTorch model and the ONNX Runtime one.
+
+    Validated on every call, overrides or not: the configuration may have been edited after the model was built
+    (``model.config.exit_criterion = "Entropy"``). A threshold or patience given for a call whose criterion is
+    ``"none"`` is refused: every layer would run and the argument would be ignored silently.
+    """
+    resolved = normalize_exit_policy(
+        criterion if criterion is not None else config.exit_criterion,
+        threshold if threshold is not None else config.exit_threshold,
+        patience if patience is not None else config.exit_patience,
+        config.num_exits,
+        config.num_labels,
+    )
+    if resolved[0] == "none" and (threshold is not None or patience is not None):
+        raise ValueError(
+            "exit_threshold/exit_patience were given for this call but exit_criterion is 'none' (every layer "
+            "runs); pass exit_criterion='entropy', 'confidence' or 'patience' with them"
+        )
+    return resolved
 
 
 class CostEffConfig(PretrainedConfig):
@@ -371,8 +396,13 @@ class CostEffConfig(PretrainedConfig):
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not (math.isfinite(std) and std >= 0):
             raise ValueError(f"initializer_range must be a finite number >= 0, got {std!r}")
         act = self.hidden_act
-        if not callable(act) and (not isinstance(act, str) or act not in ACT2FN):
-            raise ValueError(f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, got {act!r}")
+        if not callable(act) and not isinstance(act, str):
+            raise ValueError(f"hidden_act must be the name of an activation, got {act!r}")
+        if isinstance(act, str) and is_torch_available():  # the activation table imports torch; ONNX serving has none
+            from transformers.activations import ACT2FN  # noqa: PLC0415
+
+            if act not in ACT2FN:
+                raise ValueError(f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, got {act!r}")
 
     def _validate_widths(self, n: int) -> None:
         for name, bound in (("layer_num_heads", self.num_attention_heads), ("layer_intermediate_sizes", None)):
@@ -450,6 +480,7 @@ __all__ = [
     "CostEffConfig",
     "normalize_exit_policy",
     "plain_number",
+    "resolve_exit_policy",
     "validate_exit_policy",
     "EXIT_CRITERIA",
     "EXIT_POOLERS",

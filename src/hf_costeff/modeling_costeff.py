@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_costeff import CostEffConfig, normalize_exit_policy
+from .configuration_costeff import CostEffConfig, resolve_exit_policy
 
 logger = logging.get_logger(__name__)
 
@@ -588,23 +588,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     def _exit_policy(self, criterion: str | None, threshold: float | None, patience: int | None):
-        """The policy of this call: per-call values over the configuration's, validated on every call (the
-        configuration may have been edited after the model was built) and returned as plain Python values."""
-        config = self.config
-        resolved = normalize_exit_policy(
-            criterion if criterion is not None else config.exit_criterion,
-            threshold if threshold is not None else config.exit_threshold,
-            patience if patience is not None else config.exit_patience,
-            config.num_exits,
-            config.num_labels,
-        )
-        if resolved[0] == "none" and (threshold is not None or patience is not None):
-            # Running every layer while the caller asked for a threshold would be a silent no-op.
-            raise ValueError(
-                "exit_threshold/exit_patience were given for this call but exit_criterion is 'none' (every layer "
-                "runs); pass exit_criterion='entropy', 'confidence' or 'patience' with them"
-            )
-        return resolved
+        return resolve_exit_policy(self.config, criterion, threshold, patience)
 
     def _forward_all_exits(
         self,
