@@ -35,7 +35,8 @@ BASE = dict(
 )
 FIELDS = sorted(set(BASE) | set(COSTEFF_FIELDS) | set(BERT_CONFIG_FIELDS) - {"id2label", "label2id"})
 FIELD_NAMES = FIELDS + ["num_labels", "model_type", "config.json", "config_dict"]
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# database=None: no .hypothesis/ folder in the repo (tests write only under tmp_path).
+SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Any value a user (or a hand-edited config.json) might put in a field; sizes stay small so that a *valid* draw
 # builds a model in milliseconds.

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_modeling import _threshold_for_mixed_exits, spread_exit_model  # noqa: F401  (the fixture)
 
-# bf16 keeps 8 bits of mantissa (relative rounding 2**-8 = 0.0039); through 6 layers an exit score (entropy in nats,
-# confidence in [0, 1]) moves by up to a few 1e-2 between batch compositions (docs/guarantees.md).
+# bf16 keeps 8 bits of mantissa (relative rounding 2**-8 = 0.0039), compounded over 6 layers and the softmax: 0.1 (in
+# nats for entropy, in probability for confidence) is a bound with room, not a measured maximum.
 MARGIN = 0.1
 
 

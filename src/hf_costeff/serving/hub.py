@@ -266,7 +266,12 @@ def _check_weight_shapes(folder: Path, config: CostEffConfig, model_class: type[
     except SafetensorError as err:
         raise ValueError(f"Corrupt or truncated safetensors file in {str(folder)!r}: {err}") from err
     with device("meta"):
-        expected = {key: tuple(t.shape) for key, t in model_class(config).state_dict().items()}
+        model = model_class(config)
+        expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    prefix = f"{model.base_model_prefix}."
+    if not any(key.startswith(prefix) for key in expected) and any(key.startswith(prefix) for key in stored):
+        # A bare CostEffModel loaded from a classifier's folder: from_pretrained drops the prefix and the exits.
+        stored = {key.removeprefix(prefix): shape for key, shape in stored.items() if key.startswith(prefix)}
     mismatched = [f"{k}: checkpoint {stored[k]} vs config {v}" for k, v in expected.items() if stored.get(k, v) != v]
     if mismatched:
         fields = ", ".join(
