@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 import transformers
 from transformers import (
@@ -49,6 +50,7 @@ from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_
 from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer
+from hf_costeff.slenderize import write_vocab_file
 from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
 
 logger = logging.getLogger("run_costeff_glue")
@@ -97,6 +99,13 @@ class CostEffArguments:
     eval_thresholds: str = field(default="0.1,0.3", metadata={"help": "Entropy thresholds evaluated at the end."})
     calibration_samples: int = field(
         default=500, metadata={"help": "Held-out training rows on which the saved exit threshold is calibrated."}
+    )
+    trim_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "Trim the trained student's vocabulary to the tokens of the task's training texts (plus special "
+            "tokens and single characters) before the final evaluation: word embedding, tokenizer.json and vocab.txt."
+        },
     )
     max_metric_drop: float = field(
         default=0.01,
@@ -242,11 +251,30 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     )
 
 
+def trim_student_vocabulary(trainer, raw, cargs, results: dict) -> dict:
+    """Trim the student's vocabulary on the task's training texts; the trainer then evaluates and saves the trimmed
+    model with the trimmed tokenizer. Returns the calibration and dev splits tokenized by it."""
+    from hf_costeff.data import glue_texts  # noqa: PLC0415
+    from hf_costeff.slenderize import trim_vocabulary  # noqa: PLC0415
+
+    task = cargs.task_name
+    texts = glue_texts(load_glue(task, cargs.glue_dir)["train"], task)
+    _, tokenizer = trim_vocabulary(trainer.model, trainer.processing_class, texts, corpus=f"glue/{task} train")
+    trainer.processing_class, trainer.data_collator = tokenizer, DataCollatorWithPadding(tokenizer)
+    splits = {name: raw[name] for name in ("calibration", "validation")}
+    data = tokenize_glue(datasets.DatasetDict(splits), tokenizer, task, max_length=cargs.max_seq_length)
+    trainer.eval_dataset = data["validation"]
+    results["vocabulary_trimming"] = trainer.model.config.vocabulary_trimming
+    return data
+
+
 def save_final_model(trainer, folder: Path, cargs, results: dict, teacher_config) -> None:
     """Save the slenderized model with its calibrated exit policy, its tokenizer and its model card."""
     model, task = trainer.model, cargs.task_name
     main_metric = get_task(task).main_metric
     trainer.save_model(str(folder))
+    if getattr(model.config, "vocabulary_trimming", None):
+        write_vocab_file(trainer.processing_class, folder)  # the slow tokenizer's file, in the trimmed id order
     write_model_card(
         model,
         folder,
@@ -338,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["student_train_seconds"] = time.time() - stage3_start
     results["student_train_loss"] = train_output.training_loss
     results["pruning_events"] = callback.history
+    student_data = trim_student_vocabulary(trainer, raw, cargs, results) if cargs.trim_vocabulary else data
 
     logger.info("Stage 4: evaluation of every exit and of entropy early exit at %s", thresholds)
     results.update(trainer.evaluate())
@@ -358,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     final = Path(targs.output_dir) / "final"
-    calibrate_exit_policy(trainer, data, cargs, results)
+    calibrate_exit_policy(trainer, student_data, cargs, results)
     save_final_model(trainer, final, cargs, results, teacher.config)
     results_path = Path(targs.output_dir) / "all_results.json"
     results_path.write_text(json.dumps(results, indent=2, default=float))

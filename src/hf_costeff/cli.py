@@ -3,6 +3,7 @@
 hf-costeff convert BERT_DIR OUT_DIR [--num_labels 2] [--exit_pooler dense|tanh]
 hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5 [--embedding_rank 128]
 hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 [--criterion entropy] --output r.json
+hf-costeff trim-vocab MODEL_DIR OUT_DIR --glue_dir DIR --task sst2   (or --texts FILE [--heldout FILE])
 hf-costeff push MODEL_DIR org/name [--eval_json r.json] [--threshold 0.3] [--teacher BERT_DIR]
 hf-costeff export-onnx MODEL_DIR OUTPUT_DIR [--quantize int8]
 """
@@ -316,6 +317,94 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _read_lines(path: str, option: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{option}: cannot read {path!r}: {err.strerror}") from err
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"{option}: {path!r} holds no text (one text per line)")
+    return texts
+
+
+def _trim_corpus(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str]:
+    """The texts to keep the vocabulary of, the held-out texts (or ``None``) and the corpus name for the card."""
+    if (args.texts is None) == (args.task is None):
+        raise ValueError("give either --texts FILE or --task (with --glue_dir, else GLUE is read from the Hub)")
+    if args.texts is not None:
+        heldout = _read_lines(args.heldout, "--heldout") if args.heldout else None
+        texts, corpus = _read_lines(args.texts, "--texts"), Path(args.texts).name
+    else:
+        from .data import glue_texts, load_glue  # noqa: PLC0415
+
+        if args.heldout:
+            raise ValueError("--heldout goes with --texts; with --task the held-out texts are the task's dev set")
+        data = load_glue(args.task, args.glue_dir)
+        texts, heldout = glue_texts(data["train"], args.task), glue_texts(data["validation"], args.task)
+        corpus = f"glue/{args.task} train"
+    if args.max_texts is not None:
+        if args.max_texts < 1:
+            raise ValueError(f"--max_texts must be >= 1, got {args.max_texts}")
+        texts = texts[: args.max_texts]
+        corpus += f" (first {len(texts)})"
+    return texts, heldout, corpus
+
+
+def cmd_trim_vocab(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification  # noqa: PLC0415
+
+    from .serving.hub import load_costeff, load_folder_tokenizer, save_pretrained_atomic  # noqa: PLC0415
+    from .slenderize.vocabulary import compare_tokenizations, trim_vocabulary, write_vocab_file  # noqa: PLC0415
+
+    texts, heldout, corpus = _trim_corpus(args)
+    is_costeff = getattr(AutoConfig.from_pretrained(args.model_dir), "model_type", None) == "costeff"
+    model = (
+        load_costeff(args.model_dir)
+        if is_costeff
+        else AutoModelForSequenceClassification.from_pretrained(args.model_dir)
+    )
+    tokenizer = load_folder_tokenizer(args.model_dir)
+    if tokenizer is None:
+        raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
+    parameters_before, vocab_before = sum(p.numel() for p in model.parameters()), model.config.vocab_size
+    model, trimmed = trim_vocabulary(
+        model,
+        tokenizer,
+        texts,
+        min_count=args.min_count,
+        keep_tokens=_read_lines(args.keep_tokens, "--keep_tokens") if args.keep_tokens else None,
+        keep_characters=not args.no_keep_characters,
+        corpus=corpus,
+        show_progress=not args.quiet,
+    )
+    save_pretrained_atomic(model, args.output_dir, tokenizer=trimmed, for_hub=is_costeff)
+    write_vocab_file(trimmed, args.output_dir)
+    result: dict[str, Any] = {
+        "output_dir": str(args.output_dir),
+        "corpus": corpus,
+        "num_texts": len(texts),
+        "vocab_size_before": vocab_before,
+        "vocab_size_after": model.config.vocab_size,
+        "parameters_before": parameters_before,
+        "parameters_after": sum(p.numel() for p in model.parameters()),
+        "heldout": compare_tokenizations(tokenizer, trimmed, heldout) if heldout else None,
+    }
+    if not args.quiet:
+        line = (
+            f"kept {result['vocab_size_after']:,} of {vocab_before:,} tokens; parameters "
+            f"{parameters_before:,} -> {result['parameters_after']:,}"
+        )
+        if heldout:
+            h = result["heldout"]
+            line += (
+                f"; held-out tokens that are [UNK]: {h['unknown_rate_after']:.3%} (before {h['unknown_rate_before']:.3%}),"
+                f" held-out texts split differently: {h['texts_resplit']:.2%}"
+            )
+        print(line, file=sys.stderr)
+    return result
+
+
 def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoConfig  # noqa: PLC0415
 
@@ -401,6 +490,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_examples", type=int)
     p.add_argument("--output", help="write the JSON report here (it is printed too)")
     p.set_defaults(func=cmd_evaluate, check=check_evaluate)
+
+    p = sub.add_parser(
+        "trim-vocab",
+        help="keep only the tokens a task's texts use: word-embedding rows, tokenizer.json and vocab.txt together",
+    )
+    p.add_argument("model_dir", help="CostEff or BERT sequence-classification folder with its tokenizer")
+    p.add_argument("output_dir", help="folder to write the trimmed model, tokenizer.json and vocab.txt into")
+    p.add_argument("--glue_dir", help="folder with <task>/{train,dev}.tsv (default: GLUE from the Hub)")
+    p.add_argument("--task", help="GLUE task whose training texts are kept; its dev texts are the held-out set")
+    p.add_argument("--texts", help="instead of --task: a file with one text per line whose tokens are kept")
+    p.add_argument("--heldout", help="with --texts: a file of held-out texts (one per line) to report [UNK] on")
+    p.add_argument("--max_texts", type=int, help="use only the first N texts of the corpus")
+    p.add_argument("--min_count", type=int, default=1, help="keep a token seen at least this many times (default 1)")
+    p.add_argument("--keep_tokens", help="a file of extra tokens (one per line) to keep whatever their count")
+    p.add_argument(
+        "--no_keep_characters",
+        action="store_true",
+        help="drop unseen single-character pieces too (then unseen words become [UNK] instead of splitting)",
+    )
+    p.set_defaults(func=cmd_trim_vocab)
 
     p = sub.add_parser("push", help="folder -> Hub repo, with code for trust_remote_code and a model card")
     p.add_argument("model_dir"), p.add_argument("repo_id")
