@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_without_hf_costeff, tiny_config
 
 import hf_costeff  # noqa: F401  (registers the Auto classes)
 from hf_costeff import CostEffForSequenceClassification
@@ -141,7 +141,7 @@ def test_legacy_swap_restores_only_a_complete_old_folder(tmp_path):
 _SAVE_CHILD = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import tiny_config
+    from conftest import run_without_hf_costeff, tiny_config
     from hf_costeff import CostEffForSequenceClassification
     from hf_costeff.serving import save_pretrained_atomic
     torch.manual_seed(1)
@@ -334,19 +334,9 @@ _REMOTE_LOAD = textwrap.dedent("""
 """)
 
 
-def _load_without_hf_costeff(name: str, tmp_path: Path, hf_home: Path | None = None) -> dict:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONPATH": "",
-    }
-    if hf_home is not None:
-        env.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"))
-    script = _REMOTE_LOAD.format(name=name, ids=IDS.tolist(), mask=MASK.tolist())
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+def _load_without_hf_costeff(name: str, tmp_path: Path, hf_home: Path) -> dict:
+    done = run_without_hf_costeff(
+        _REMOTE_LOAD.format(name=name, ids=IDS.tolist(), mask=MASK.tolist()), hf_home, tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT=")[-1])
@@ -378,7 +368,7 @@ def test_trainer_saves_with_auto_map_carry_the_code(tmp_path, monkeypatch):
         assert json.loads((folder / "config.json").read_text())["auto_map"]
         assert (folder / "configuration_costeff.py").exists() and (folder / "modeling_costeff.py").exists()
     expected = _logits(trainer.model.eval())
-    result = _load_without_hf_costeff(str(tmp_path / "final"), tmp_path)
+    result = _load_without_hf_costeff(str(tmp_path / "final"), tmp_path, hf_home=tmp_path / "hf_home")
     torch.testing.assert_close(torch.tensor(result["logits"]), expected, atol=1e-5, rtol=1e-5)
 
     # The same folder from a hand-made Hub cache (snapshots/<sha> + refs/main), offline.
