@@ -1,5 +1,5 @@
 """Slenderization (COST-EFF stage 2): exit-aware structured pruning of attention heads and FFN neurons, and
-low-rank factorization of the word embedding.
+low-rank factorization and task-vocabulary trimming of the word embedding.
 
 ```python
 from hf_costeff.slenderize import PruningConfig, compute_importance, plan_widths, prune_model, factorize_embeddings
@@ -8,6 +8,7 @@ importance = compute_importance(model, calibration_loader, exit_weighting="all",
 heads, ffn = plan_widths(model.config, importance, PruningConfig(encoder_keep_fraction=0.5))
 prune_model(model, importance, heads, ffn)
 error = factorize_embeddings(model, rank=128)
+model, tokenizer = trim_vocabulary(model, tokenizer, train_sentences, corpus="glue/sst2 train")
 ```
 """
 
@@ -26,6 +27,7 @@ from .model import (
     summary,
     unpruned_config,
 )
+from .vocabulary import trim_vocabulary, unknown_token_rate, write_vocab_file
 
 __all__ = [
     "EXIT_WEIGHTINGS",
@@ -40,6 +42,9 @@ __all__ = [
     "plan_widths",
     "prune_model",
     "summary",
+    "trim_vocabulary",
     "unit_masks",
+    "unknown_token_rate",
     "unpruned_config",
+    "write_vocab_file",
 ]
