@@ -35,7 +35,6 @@ import datasets
 import numpy as np
 import torch
 import transformers
-from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -53,7 +52,6 @@ from hf_costeff.configuration_costeff import sentence_transformers_pooling
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
 from hf_costeff.evaluation import (
     calibrate_threshold,
-    collect_exit_logits,
     criterion_limit,
     measure_latency,
     near_criterion_limit,
@@ -267,6 +265,7 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
         save_strategy="no",
         report_to="none",
         use_cpu=targs.use_cpu,
+        ddp_backend=targs.ddp_backend,
         seed=targs.seed,
         disable_tqdm=targs.disable_tqdm,
     )
@@ -302,23 +301,21 @@ def teacher_average_flops(teacher_config, dataset) -> float:
 # ---------------------------------------------------------------- calibration of the saved exit policy
 
 
-def calibrate_exit_policy(trainer, data, cargs, results: dict, show_progress: bool = True) -> None:
+def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     """Choose the saved entropy threshold on the calibration rows, check its promise on dev, ship a safe policy.
 
     The threshold is the fastest whose drop of the main metric against running every layer is at most
     ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then measured and recorded
     next to the allowed one; if it exceeds ``max_metric_drop`` (or no threshold qualifies), the model is saved with
     ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A threshold next to
-    the criterion's limit (every input leaving at layer 1) is reported as a warning.
+    the criterion's limit (every input leaving at layer 1) is reported as a warning. The exit logits come from the
+    trainer's gathered evaluation loop (with its progress bar): under torchrun every process sees every calibration
+    and dev row, so all processes pick the same policy.
     """
     model, task = trainer.model, cargs.task_name
     metric = get_task(task).main_metric
 
-    def exit_logits(split: str):
-        loader = trainer.get_eval_dataloader(data[split])
-        return collect_exit_logits(model, tqdm(loader, desc=f"exit logits ({split})", disable=not show_progress))
-
-    calibration, dev = exit_logits("calibration"), exit_logits("validation")
+    calibration, dev = trainer.collect_exit_logits(data["calibration"]), trainer.collect_exit_logits(data["validation"])
     allowed, warnings = cargs.max_metric_drop, []
     try:
         threshold = calibrate_threshold(
@@ -556,7 +553,11 @@ def main(argv: list[str] | None = None) -> dict:
         cargs, targs = parser.parse_json_file(os.path.abspath(sys.argv[1]))
     else:
         cargs, targs = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Under torchrun only the main process logs at INFO (TrainingArguments.should_log), as transformers' examples do.
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if targs.should_log else logging.WARNING,
+    )
     transformers.utils.logging.set_verbosity_warning()
     if targs.disable_tqdm:  # every progress bar: the Trainer's, datasets' map and the weight loading's too
         import datasets  # noqa: PLC0415
@@ -665,24 +666,27 @@ def main(argv: list[str] | None = None) -> dict:
     )
     final = Path(targs.output_dir) / "final"
     logger.info("Calibrating the exit threshold on %d held-out training rows", len(student_data["calibration"]))
-    calibrate_exit_policy(trainer, student_data, cargs, results, show_progress=not targs.disable_tqdm)
-    measure_speed(
-        teacher,
-        trainer.model,
-        data["validation"],
-        student_data["validation"],
-        cargs,
-        targs.per_device_eval_batch_size,
-        results,
-    )
-    save_final_model(trainer.model, trainer.processing_class, final, cargs, results, teacher.config)
-    results["wall_seconds"] = time.time() - started
-    results["machine"] = machine_description()
-    results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results["task_name"] = cargs.task_name
+    calibrate_exit_policy(trainer, student_data, cargs, results)  # every process: it gathers the calibration rows
     results_path = Path(targs.output_dir) / "all_results.json"
-    results_path.write_text(json.dumps(results, indent=2, default=float))
-    print_summary(results, cargs, thresholds, final, results_path)
+    # Every process holds the same model and results; one times the models, writes them and prints the summary.
+    if trainer.is_world_process_zero():
+        measure_speed(
+            teacher,
+            trainer.model,
+            data["validation"],
+            student_data["validation"],
+            cargs,
+            targs.per_device_eval_batch_size,
+            results,
+        )
+        save_final_model(trainer.model, trainer.processing_class, final, cargs, results, teacher.config)
+        results["wall_seconds"] = time.time() - started
+        results["machine"] = machine_description()
+        results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        results["task_name"] = cargs.task_name
+        results_path.write_text(json.dumps(results, indent=2, default=float))
+        print_summary(results, cargs, thresholds, final, results_path)
+    trainer.accelerator.wait_for_everyone()  # the others return once final/ is complete
     return results
 
 
