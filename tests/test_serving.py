@@ -76,7 +76,8 @@ def test_early_exit_pipeline(model, minilm_tokenizer, batch_size):
     assert stats["flops_speedup"] == pytest.approx(total) and stats["flops_speedup"] > 1
     # A per-call threshold changes the exits; threshold 0 means no early exit.
     assert all(
-        r["exit_layer"] == 4 and r["flops_speedup"] == 1 for r in clf(TEXTS, exit_criterion="entropy", exit_threshold=0.0)
+        r["exit_layer"] == 4 and r["flops_speedup"] == 1
+        for r in clf(TEXTS, exit_criterion="entropy", exit_threshold=0.0)
     )
     pair = clf({"text": "good", "text_pair": "fine"}, top_k=None)
     assert len(pair) == 3 and all("exit_layer" in row for row in pair)
