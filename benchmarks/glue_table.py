@@ -745,7 +745,9 @@ class TaskRun:
                 ta, _ = trim_to_task(ta, self.data)  # the same renumbering: the TA reads the student's ids
                 meta["vocab_size"] = model.config.vocab_size
             rank, cap = fit_rank(model.config, budget, self.teacher_params(teacher_key))
-            pruning = PruningConfig(heads_per_layer=budget.heads, ffn_per_layer=budget.ffn, embedding_rank=rank)
+            pruning = PruningConfig(
+                layer_num_heads=budget.heads, layer_intermediate_sizes=budget.ffn, embedding_rank=rank
+            )
             callback = SlenderizeCallback(
                 pruning,
                 num_events=self.num_events(ta.config.num_attention_heads - budget.heads, settings["epochs"], tokenizer),

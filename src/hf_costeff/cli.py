@@ -85,21 +85,15 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
-    from .cost import count_parameters  # noqa: PLC0415
+    from .cost import count_parameters, summary  # noqa: PLC0415
     from .serving.hub import save_pretrained_atomic  # noqa: PLC0415
-    from .slenderize import (  # noqa: PLC0415
-        PruningConfig,
-        compute_importance,
-        factorize_embeddings,
-        plan_widths,
-        prune_model,
-        summary,
-    )
+    from .slenderize import PruningConfig, apply_pruning_config, compute_importance  # noqa: PLC0415
 
+    pruning_config = PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction, embedding_rank=args.embedding_rank)
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
-    before = model.config.to_dict()
+    before = model.config.__class__.from_dict(model.config.to_dict())
     loader = _dataloader(
         tokenizer,
         args.task,
@@ -115,19 +109,14 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
         exit_weighting=args.exit_weighting,
         max_batches=args.max_batches,
     )
-    heads, ffn = plan_widths(model.config, importance, PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction))
-    prune_model(model, importance, heads, ffn)
-    error = factorize_embeddings(model, args.embedding_rank) if args.embedding_rank else None
+    applied = apply_pruning_config(model, importance, pruning_config)
     save_pretrained_atomic(model, args.output_dir, tokenizer=tokenizer)
-    from .configuration_costeff import CostEffConfig  # noqa: PLC0415
-
+    pruning_config.save_pretrained(args.output_dir)  # what the artifact was slenderized to, beside it
     if not args.quiet:
-        print(summary(CostEffConfig.from_dict(before), model.config), file=sys.stderr)
+        print(summary(before, model.config), file=sys.stderr)
     return {
         "output_dir": str(args.output_dir),
-        "layer_num_heads": heads,
-        "layer_intermediate_sizes": ffn,
-        "embedding_error": error,
+        **applied,
         "parameters": count_parameters(model.config),
     }
 

@@ -126,9 +126,9 @@ class CostEffSelfAttention(nn.Module):
         query = self.query(hidden_states).view(shape).transpose(1, 2)
         key = self.key(hidden_states).view(shape).transpose(1, 2)
         value = self.value(hidden_states).view(shape).transpose(1, 2)
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        # transformers' attention-backend switch: the config attribute is how its own models read it (no public name).
+        backend = self.config._attn_implementation  # noqa: SLF001
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager_attention_forward)
         context, _ = attention(
             self,
             query,
@@ -306,6 +306,10 @@ class _GradientRescale(torch.autograd.Function):
         return grad_output * ctx.scale, None
 
 
+# Modules ``device_map="auto"`` must keep on one device (accelerate reads ``_no_split_modules``; serving.hub this).
+NO_SPLIT_MODULES = ["CostEffEmbeddings", "CostEffLayer"]
+
+
 class CostEffPreTrainedModel(PreTrainedModel):
     config: CostEffConfig
     config_class = CostEffConfig
@@ -315,7 +319,7 @@ class CostEffPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["CostEffEmbeddings", "CostEffLayer"]
+    _no_split_modules = NO_SPLIT_MODULES
     # forward takes **kwargs for attention backends; it does not take Trainer's num_items_in_batch.
     accepts_loss_kwargs = False
 
@@ -518,7 +522,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         else:
             output = self._forward_early_exit(inputs, ExitDecision(criterion, threshold, patience), **kwargs)
             if labels is not None:
-                output.loss = self._loss(output.logits, labels)
+                output.loss = self.classification_loss(output.logits, labels)
         return output if return_dict is not False else output.to_tuple()
 
     def _exit_policy(self, criterion: str | None, threshold: float | None, patience: int | None):
@@ -599,7 +603,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         self.costeff(**inputs, exit_hook=leave_if_done, **kwargs)
         return CostEffSequenceClassifierOutput(logits=logits, exit_layer=exit_layer)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BERT's head loss: MSE for one label, cross-entropy for class ids, BCE for multi-label targets."""
         if self.num_labels == 1 or self.config.problem_type == "regression":
             return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
@@ -615,7 +619,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
     def _weighted_exit_loss(self, all_exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over exits of ``exit_loss_weights[k] * loss(exit k)`` (plain sum by default)."""
         weights = self.config.exit_loss_weights or [1.0] * all_exit_logits.shape[1]
-        return sum(w * self._loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
+        return sum(w * self.classification_loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
 
 
 def _load_bert(model_or_path, num_labels: int | None) -> PreTrainedModel:

@@ -37,8 +37,8 @@ class SlenderizeCallback(TrainerCallback):
     """Prune a CostEff model during training on a schedule; use with ``MultiExitTrainer`` (it binds itself).
 
     Args:
-        pruning_config: ``hf_costeff.slenderize.PruningConfig`` holding the *final* target: ``heads_per_layer`` /
-            ``ffn_per_layer`` or ``encoder_keep_fraction`` (of the unpruned encoder's parameters), plus
+        pruning_config: ``hf_costeff.slenderize.PruningConfig`` holding the *final* target: ``layer_num_heads`` /
+            ``layer_intermediate_sizes`` or ``encoder_keep_fraction`` (of the unpruned encoder's parameters), plus
             ``keep_min_heads`` and ``embedding_rank`` (factorized at the last event when ``factorize_embedding``).
         num_events: number of pruning events (COST-EFF removes one head per layer per event).
         prune_steps: explicit optimizer steps (1-based ``global_step`` values) of the events; default: ``num_events``
@@ -74,13 +74,15 @@ class SlenderizeCallback(TrainerCallback):
             raise ValueError(f"prune_fraction must lie in (0, 1], got {prune_fraction!r}")
         if not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
-        has_widths = pruning_config.heads_per_layer is not None or pruning_config.ffn_per_layer is not None
+        has_widths = pruning_config.layer_num_heads is not None or pruning_config.layer_intermediate_sizes is not None
         has_fraction = pruning_config.encoder_keep_fraction is not None
         if has_widths and has_fraction:
-            raise ValueError("pruning_config: give heads_per_layer/ffn_per_layer or encoder_keep_fraction, not both")
+            raise ValueError(
+                "pruning_config: give layer_num_heads/layer_intermediate_sizes or encoder_keep_fraction, not both"
+            )
         if not (has_widths or has_fraction or pruning_config.embedding_rank is not None):
             raise ValueError(
-                "pruning_config needs a target: heads_per_layer/ffn_per_layer, encoder_keep_fraction or embedding_rank"
+                "pruning_config needs a target: layer_num_heads/layer_intermediate_sizes, encoder_keep_fraction or embedding_rank"
             )
         self.pruning_config = pruning_config
         self.num_events = num_events
@@ -138,19 +140,21 @@ class SlenderizeCallback(TrainerCallback):
             heads, ffn = plan_widths(config, importance, plan)
         else:
             heads_target = _per_layer(
-                pc.heads_per_layer if pc.heads_per_layer is not None else config.num_attention_heads,
+                pc.layer_num_heads if pc.layer_num_heads is not None else config.num_attention_heads,
                 layers,
-                "heads_per_layer",
+                "layer_num_heads",
             )
             ffn_target = _per_layer(
-                pc.ffn_per_layer if pc.ffn_per_layer is not None else config.intermediate_size, layers, "ffn_per_layer"
+                pc.layer_intermediate_sizes if pc.layer_intermediate_sizes is not None else config.intermediate_size,
+                layers,
+                "layer_intermediate_sizes",
             )
             heads = [_interpolate(config.num_attention_heads, t, event, self.num_events) for t in heads_target]
             ffn = [_interpolate(config.intermediate_size, t, event, self.num_events) for t in ffn_target]
             heads, ffn = plan_widths(
                 config,
                 importance,
-                PruningConfig(heads_per_layer=heads, ffn_per_layer=ffn, keep_min_heads=pc.keep_min_heads),
+                PruningConfig(layer_num_heads=heads, layer_intermediate_sizes=ffn, keep_min_heads=pc.keep_min_heads),
             )
         # Widths never grow back: a width already below the line stays where it is.
         return (
