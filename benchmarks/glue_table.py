@@ -63,6 +63,7 @@ from transformers import (
     BertForSequenceClassification,
     DataCollatorWithPadding,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -90,7 +91,7 @@ REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("glue_table")
 
 TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
-STAGES = ("teacher", "ta", "students", "baselines")
+STAGES = ("teacher", "ta", "students", "baselines", "ablation")
 KINDS = ("costeff", "static", "deebert", "pabee")
 # Teacher fine-tuning epochs: SST-2 (67k rows) needs few passes; the small tasks more, as in run_glue practice (3-10).
 TEACHER_EPOCHS = {"sst2": 2, "mrpc": 5, "rte": 5, "cola": 5, "stsb": 5}
@@ -99,6 +100,33 @@ TEACHER_LR = {"sst2": 5e-5, "mrpc": 5e-5, "rte": 5e-5, "cola": 5e-5, "stsb": 5e-
 STUDENT_EPOCHS = {"sst2": 1.0, "mrpc": 3.0, "rte": 3.0, "cola": 3.0, "stsb": 3.0}
 RECOVER_HIDDEN_EPOCHS = {"sst2": 0.5, "mrpc": 1.0, "rte": 1.0, "cola": 1.0, "stsb": 1.0}
 DEFAULT_BUDGETS = "wide=8:1024:r256,quarter=4:512:p0.25:trim,eighth=2:256:p0.125:trim"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a student is built (the defaults are the recipe; the ablation switches one part off)."""
+
+    from_ta: bool = True  # prune a copy of the TA and distil from it; False: the teacher with exits, KD from it
+    one_shot: bool = False  # one pruning event at the first step instead of one head per layer per event
+    prune_width: bool = True  # prune heads / FFN neurons to the budget's widths
+    factorize: bool = True  # factorize the word embedding to the budget's rank
+
+
+STUDENT_STEPS = ("prune", "recover_hidden", "recover_pred")
+
+
+def ablations(base: Budget) -> list[tuple[str, Budget, Recipe]]:
+    """Where the accuracy of ``base`` goes: each variant undoes one part of the recipe (the exit threshold's share is
+    the all-layers vs calibrated score of every model)."""
+    variants = [
+        ("abl_no_ta", base, Recipe(from_ta=False)),
+        ("abl_one_shot", base, Recipe(one_shot=True)),
+        ("abl_width_only", base, Recipe(factorize=False)),
+        ("abl_rank_only", base, Recipe(prune_width=False)),
+    ]
+    if base.trim:
+        variants.append(("abl_no_trim", Budget(**{**asdict(base), "trim": False}), Recipe()))
+    return variants
 
 
 def default_cache_dir() -> Path:
@@ -174,6 +202,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"), help="page whose table --write updates")
     p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="name=heads:ffn:r<rank>|p<params fraction>[:trim],...")
     p.add_argument("--baseline_tasks", default="sst2", help="tasks that also get DeeBERT, PABEE and static")
+    p.add_argument("--ablation_tasks", default="sst2", help="tasks that also get the ablation of one budget")
+    p.add_argument("--ablation_budget", default="eighth", help="the budget (a --budgets name) the ablation varies")
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--max_train_samples", type=int, default=None, help="smoke tests only: the table uses all rows")
     p.add_argument("--max_eval_samples", type=int, default=None, help="smoke tests only")
@@ -193,13 +223,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="cap every training stage (throughput probes only)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--eval_batch_size", type=int, default=128)
-    p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period (resume after a stop)")
+    p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period in steps")
+    p.add_argument(
+        "--save_minutes", type=float, default=10.0, help="... and in wall minutes (a starved run still saves)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (the shared 2-core machine: 1)")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.baseline_tasks = [t for t in args.baseline_tasks.split(",") if t]
-    for task in args.tasks + args.baseline_tasks:
+    args.ablation_tasks = [t for t in args.ablation_tasks.split(",") if t]
+    for task in args.tasks + args.baseline_tasks + args.ablation_tasks:
         if task not in TASKS:
             p.error(f"--tasks/--baseline_tasks: unknown task {task!r}; choose from {TASKS}")
     args.stages = [s for s in args.stages.split(",") if s]
@@ -216,6 +250,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(error))
     if not args.budgets:
         p.error("--budgets: give at least one budget")
+    if args.ablation_tasks and args.ablation_budget not in {b.name for b in args.budgets}:
+        p.error(f"--ablation_budget: {args.ablation_budget!r} is not one of --budgets' names")
     return args
 
 
@@ -252,8 +288,9 @@ class StageCache:
     def build(self, key: str, build: Callable[[Path], dict], parents: tuple[str, ...] = ()) -> dict:
         """Run ``build(tmp_folder) -> meta`` (it saves its artifacts into the folder), then publish it atomically."""
         final = self.path(key)
+        for stale in self.root.glob(f".tmp-{key}-*"):  # left by a run that was stopped while publishing
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.root / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         start = time.perf_counter()
         started = datetime.now(timezone.utc)
@@ -376,6 +413,24 @@ def training_args(out: Path, args, epochs: float, lr: float, warmup: float = 0.1
     )
 
 
+class TimedCheckpoints(TrainerCallback):
+    """Save a checkpoint every ``minutes`` of wall time as well: under heavy CPU contention (a nice-19 process on a
+    shared machine) a step can take a minute, and a step-based period alone could leave hours of work unsaved."""
+
+    def __init__(self, minutes: float):
+        self.seconds = 60.0 * minutes
+        self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds > 0 and time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.monotonic()
+        return control
+
+
 def run_trainer(trainer: Trainer, work: Path) -> float:
     """Train, resuming from the last checkpoint in ``work`` if a previous run stopped; returns the training loss."""
     last = get_last_checkpoint(str(work)) if work.exists() else None
@@ -413,6 +468,7 @@ def pareto_context(data: TaskData, args, work: Path, model_path: str, *, epochs:
         "num_layers": BertForSequenceClassification.config_class.from_pretrained(model_path).num_hidden_layers,
         "stages": {},
         "training_args": lambda out, a, ep, learning_rate: training_args(out, a, ep, learning_rate),
+        "callbacks": [TimedCheckpoints(args.save_minutes)],
     }
 
 
@@ -427,6 +483,7 @@ def build_teacher(data: TaskData, args, model_path: str, settings: dict, work: P
         data_collator=collator,
         processing_class=data.tokenizer,
         compute_metrics=data.metric_fn(),
+        callbacks=[TimedCheckpoints(args.save_minutes)],
     )
     start = time.perf_counter()
     loss = run_trainer(trainer, work)
@@ -678,36 +735,11 @@ class TaskRun:
         self.models["costeff_ta"] = {"key": ta_key, "kind": "costeff", "criterion": "entropy"}
 
         for budget in args.budgets:
-            if budget.trim and not trim_available():
-                self.pending[f"costeff_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
-                continue
-            key = ta_key
-            for step in ("prune", "recover_hidden", "recover_pred"):
-                settings = {
-                    "budget": asdict(budget),
-                    "step": step,
-                    "epochs": args.recover_hidden_epochs[task] if step == "recover_hidden" else epochs,
-                    "lr": args.prune_lr if step == "prune" else args.recover_lr,
-                    "importance_batches": args.importance_batches,
-                    "max_steps": args.max_steps,
-                }
-                name = f"costeff_{budget.name}" if step == "recover_pred" else f"{step}_{budget.name}"
-                parent = key
-                key = self.stage(
-                    name,
-                    "students",
-                    settings,
-                    (ta_key, parent) if parent != ta_key else (ta_key,),
-                    lambda w, o, b=budget, s=step, st=settings, p=parent: self.build_student(
-                        b, s, st, ta_key, p, teacher_key, w, o
-                    ),
-                )
-            self.models[f"costeff_{budget.name}"] = {
-                "key": key,
-                "kind": "costeff",
-                "criterion": "entropy",
-                "budget": budget,
-            }
+            self.student(f"costeff_{budget.name}", budget, Recipe(), "students", teacher_key, ta_key)
+        if task in args.ablation_tasks:
+            base = next(b for b in args.budgets if b.name == args.ablation_budget)
+            for name, budget, recipe in ablations(base):
+                self.student(name, budget, recipe, "ablation", teacher_key, ta_key)
 
         if task in args.baseline_tasks:
             self.run_baselines(teacher_key)
@@ -724,53 +756,116 @@ class TaskRun:
         model.save_pretrained(out)
         return {"stage": "costeff_ta", **meta}
 
+    def student(self, name: str, budget: Budget, recipe: Recipe, group: str, teacher_key, ta_key) -> None:
+        """The three stages of one student (prune, recover hidden, recover pred + hidden); registers the last."""
+        if budget.trim and not trim_available():
+            self.pending[name] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
+            return
+        args, task = self.args, self.task
+        source_key = ta_key if recipe.from_ta else teacher_key
+        key = source_key
+        for step in STUDENT_STEPS:
+            settings = {
+                "budget": asdict(budget),
+                "recipe": asdict(recipe),
+                "step": step,
+                "epochs": args.recover_hidden_epochs[task] if step == "recover_hidden" else args.student_epochs[task],
+                "lr": args.prune_lr if step == "prune" else args.recover_lr,
+                "importance_batches": args.importance_batches,
+                "max_steps": args.max_steps,
+            }
+            stage_name = name if step == "recover_pred" else f"{step}_{name.removeprefix('costeff_')}"
+            parent = key
+            key = self.stage(
+                stage_name,
+                group,
+                settings,
+                (source_key,) if parent == source_key else (source_key, parent),
+                lambda w, o, s=step, st=settings, p=parent: self.build_student(
+                    budget, recipe, s, st, source_key, p, teacher_key, w, o
+                ),
+            )
+        # One pending line per model, saying which of its stages it waits for.
+        steps = [f"{step}_{name.removeprefix('costeff_')}" for step in STUDENT_STEPS[:2]]
+        reasons = [(n, self.pending.pop(n, None)) for n in steps] + [(name, self.pending.get(name))]
+        reasons = [(n, r) for n, r in reasons if r]
+        if key is None and reasons:
+            self.pending[name] = f"{reasons[0][0]}: {reasons[0][1]}"
+        self.models[name] = {"key": key, "kind": "costeff", "criterion": "entropy", "group": group}
+
+    def kd_source(self, recipe: Recipe, source_key: str):
+        """The model a student distils from: the TA (every exit), or without one the teacher (its final logits)."""
+        source = self.load(source_key)
+        if recipe.from_ta:
+            return source
+        return pareto.teacher_as_costeff(source, exit_layers=[source.config.num_hidden_layers])
+
     def build_student(
         self,
         budget: Budget,
+        recipe: Recipe,
         step: str,
         settings: dict,
-        ta_key: str,
+        source_key: str,
         parent: str,
         teacher_key: str,
         work: Path,
         out: Path,
     ) -> dict:
-        ta = self.load(ta_key)
+        kd = self.kd_source(recipe, source_key)
+        source = "the TA" if recipe.from_ta else "the teacher (no TA)"
         tokenizer = self.tokenizer_of(parent)
-        meta: dict = {"stage": step, "budget": budget.name}
+        meta: dict = {"stage": step, "budget": budget.name, "recipe_flags": asdict(recipe)}
         if step == "prune":
-            model = copy.deepcopy(ta)
+            if recipe.from_ta:
+                model = copy.deepcopy(kd)
+            else:  # the teacher itself as a multi-exit model, exits initialised from its classifier
+                model = pareto.teacher_as_costeff(
+                    self.load(teacher_key),
+                    exit_pooler="tanh",
+                    exit_pooling=self.args.exit_pooling,
+                    gradient_equilibrium=True,
+                )
             if budget.trim:
                 model, tokenizer = trim_to_task(model, self.data)
-                ta, _ = trim_to_task(ta, self.data)  # the same renumbering: the TA reads the student's ids
+                kd, _ = trim_to_task(kd, self.data)  # the same renumbering: the KD source reads the student's ids
                 meta["vocab_size"] = model.config.vocab_size
             rank, cap = fit_rank(model.config, budget, self.teacher_params(teacher_key))
-            pruning = PruningConfig(
-                layer_num_heads=budget.heads, layer_intermediate_sizes=budget.ffn, embedding_rank=rank
-            )
+            rank = rank if recipe.factorize else None
+            heads, ffn = (budget.heads, budget.ffn) if recipe.prune_width else (None, None)
+            pruning = PruningConfig(layer_num_heads=heads, layer_intermediate_sizes=ffn, embedding_rank=rank)
+            removed = model.config.num_attention_heads - budget.heads if recipe.prune_width else 1
+            events = 1 if recipe.one_shot else self.num_events(removed, settings["epochs"], tokenizer)
             callback = SlenderizeCallback(
                 pruning,
-                num_events=self.num_events(ta.config.num_attention_heads - budget.heads, settings["epochs"], tokenizer),
+                num_events=events,
+                prune_steps=[1] if recipe.one_shot else None,
                 prune_fraction=0.5,
                 calibration_batches=self.args.importance_batches,
                 exit_weighting="all",
             )
-            model = self.distill(model, ta, work, settings, tokenizer, callbacks=[callback], beta=1.0)
+            model = self.distill(model, kd, work, settings, tokenizer, callbacks=[callback], beta=1.0)
             meta.update({"embedding_rank": rank, "params_cap": cap, "pruning_events": callback.history})
+            schedule = (
+                "one-shot pruning at step 1"
+                if recipe.one_shot
+                else f"{events} pruning events (one head per layer each, FFN interpolated) in the first half"
+            )
             meta["recipe"] = (
-                f"copy of the TA{' with its vocabulary trimmed to the train texts' if budget.trim else ''}, "
-                f"{callback.num_events} pruning events (one head per layer each, FFN interpolated, importance over "
-                f"every exit vs the TA's soft labels, {self.args.importance_batches} batches) in the first half of "
-                f"{settings['epochs']:g} epochs of per-exit prediction + hidden KD from the TA, lr {settings['lr']:g}; "
-                f"SVD rank {rank} at the last event"
+                f"{'copy of the TA' if recipe.from_ta else 'the teacher with exits'}"
+                f"{', vocabulary trimmed to the train texts' if budget.trim else ''}; {schedule} of "
+                f"{settings['epochs']:g} epochs of per-exit prediction + hidden KD from {source}, lr {settings['lr']:g}; "
+                f"importance over every exit vs its soft labels ({self.args.importance_batches} batches); "
+                + (f"{heads} heads / {ffn} FFN per layer" if recipe.prune_width else "no width pruning")
+                + (f", SVD rank {rank} at the last event" if rank else ", no embedding factorization")
             )
         else:
-            model = self.load(parent).requires_grad_(True)
+            model = self.load(parent)
             if budget.trim:
-                ta, _ = trim_to_task(ta, self.data)
-            model = self.distill(model, ta, work, settings, tokenizer, beta=0.0 if step == "recover_hidden" else 1.0)
+                kd, _ = trim_to_task(kd, self.data)
+            model = self.distill(model, kd, work, settings, tokenizer, beta=0.0 if step == "recover_hidden" else 1.0)
             what = "hidden states only" if step == "recover_hidden" else "per-exit predictions + hidden states"
-            meta["recipe"] = f"recovery KD from the TA: {what}, {settings['epochs']:g} epochs, lr {settings['lr']:g}"
+            meta["recipe"] = f"recovery KD from {source}: {what}, {settings['epochs']:g} epochs, lr {settings['lr']:g}"
         model.save_pretrained(out)
         if tokenizer is not self.data.tokenizer:
             tokenizer.save_pretrained(out)
@@ -882,6 +977,7 @@ class TaskRun:
             "dev_size": len(self.halves[0]) + len(self.halves[1]),
             "teacher": None,
             "models": [],
+            "ablation": [],
             "pending": dict(self.pending),
             "stages": {},
         }
@@ -916,11 +1012,11 @@ class TaskRun:
             if info["kind"] == "teacher":
                 out["teacher"] = {k: entry[k] for k in ("score", "params", "avg_flops", "metrics", "per_exit_score")}
             else:
-                out["models"].append(entry)
+                out["ablation" if info.get("group") == "ablation" else "models"].append(entry)
         if out["teacher"] is not None:
             t = out["teacher"]
-            for m in out["models"]:
-                m["retention"] = 100 * m["score"] / t["score"] if t["score"] else None
+            for m in out["models"] + out["ablation"]:
+                m["retention"] = 100 * m["score"] / t["score"] if t["score"] > 0 else None
                 m["params_ratio"] = t["params"] / m["params"]
                 m["flops_ratio"] = t["avg_flops"] / m["avg_flops"]
         return out
@@ -1053,6 +1149,15 @@ def write_outputs(report: dict, args) -> None:
     log.info("wrote %s, PNGs and the table in %s", path, page)
 
 
+def model_row(m: dict) -> str:
+    retention = "—" if m.get("retention") is None else f"{m['retention']:.1f}%"
+    return (
+        f"| {m['name']} | {m['kind']} | {m['policy']} | {m['score']:.2f} | {m['score_all_layers']:.2f} | "
+        f"{m['drop']:.2f} ({m['allowed_drop']:.2f}) | {retention} | {m['params'] / 1e6:.2f} | "
+        f"{m['params_ratio']:.1f}× | {m['avg_flops'] / 1e6:.1f} | {m['flops_ratio']:.1f}× |"
+    )
+
+
 def markdown(report: dict) -> str:
     lines = [
         "## GLUE table against fully trained teachers"
@@ -1065,6 +1170,11 @@ def markdown(report: dict) -> str:
         "reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
         "",
     ]
+    header = [
+        "| model | kind | policy | score | all layers | drop (allowed) | vs teacher | params (M) | params ÷ | avg MFLOPs "
+        "| FLOPs ÷ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for task, t in report["tasks"].items():
         lines.append(f"### {task} ({t['metric']}, dev {t['dev_size']})")
         lines.append("")
@@ -1073,32 +1183,42 @@ def markdown(report: dict) -> str:
         else:
             tt = t["teacher"]
             lines += [
-                "| model | kind | policy | score | all layers | drop (allowed) | vs teacher | params (M) | params ÷ | avg MFLOPs | FLOPs ÷ |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
+                *header,
                 f"| teacher | teacher | all layers | {tt['score']:.2f} | {tt['score']:.2f} | — | 100.0% | {tt['params'] / 1e6:.2f} | 1.0× | {tt['avg_flops'] / 1e6:.1f} | 1.0× |",
             ]
-            for m in t["models"]:
-                lines.append(
-                    f"| {m['name']} | {m['kind']} | {m['policy']} | {m['score']:.2f} | {m['score_all_layers']:.2f} | "
-                    f"{m['drop']:.2f} ({m['allowed_drop']:.2f}) | {m['retention']:.1f}% | {m['params'] / 1e6:.2f} | "
-                    f"{m['params_ratio']:.1f}× | {m['avg_flops'] / 1e6:.1f} | {m['flops_ratio']:.1f}× |"
-                )
+            lines += [model_row(m) for m in t["models"]]
+            if t["ablation"]:
+                lines += [
+                    "",
+                    f"Ablation at the {report['ablation_budget']} budget (each row undoes one part of the recipe; the "
+                    "exit threshold's share is 'drop' of the costeff rows):",
+                    "",
+                    *header[:2],
+                    *[model_row(m) for m in t["ablation"]],
+                ]
         if t["pending"]:
             lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]
-        lines += [
-            "",
-            "Stages (wall time on the machine above; 'command' as run):",
-            "",
-            "| stage | finished (UTC) | wall (s) | recipe |",
-            "|---|---|---|---|",
-        ]
         rows = {r["key"]: r for stage_rows in t["stages"].values() for r in stage_rows}
+        if rows:
+            lines += [
+                "",
+                "Finished stages (wall time on the machine of the stage's own run; commands in the JSON):",
+                "",
+                "| stage | finished (UTC) | wall (s) | recipe |",
+                "|---|---|---|---|",
+            ]
         for r in sorted(rows.values(), key=lambda r: r["finished_utc"] or ""):
             lines.append(f"| {r['key']} | {r['finished_utc']} | {r['wall_seconds']:.0f} | {r['recipe'] or ''} |")
         if t["teacher"] is not None:
             lines += ["", f"![{task} Pareto plot](results/glue_table_{task}.png)"]
         lines.append("")
-    lines += ["### Targets", "", "```json", json.dumps(report["targets"], indent=1, default=float), "```"]
+    lines += ["### Targets (computed from the rows above)", ""]
+    for name, target in report["targets"].items():
+        detail = {k: v for k, v in target.items() if k != "met"}
+        lines.append(f"- **{name}**: {'MET' if target['met'] else 'not met'} — `{json.dumps(detail, default=float)}`")
+    missing = [t for t in TASKS if t not in report["tasks"]]
+    if missing:
+        lines.append(f"- Tasks not run yet: {', '.join(missing)}.")
     return "\n".join(lines)
 
 
@@ -1158,6 +1278,7 @@ def main(argv=None) -> dict:
         "max_metric_drop": args.max_metric_drop,
         "halves": "dev split by a permutation seeded with --seed into two fixed halves A and B",
         "budgets": [asdict(b) for b in args.budgets],
+        "ablation_budget": args.ablation_budget,
         "tasks": {},
     }
     for task in args.tasks:
@@ -1180,11 +1301,15 @@ def main(argv=None) -> dict:
                 m["params"] / 1e6,
                 m.get("flops_ratio", float("nan")),
             )
-    report["partial"] = any(t["pending"] or t["teacher"] is None for t in report["tasks"].values()) or set(
-        args.tasks
-    ) != set(TASKS)
-    report["targets"] = targets(report, args.budgets)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    previous = Path(args.output_dir) / "glue_table.json"
+    if args.write and previous.exists():  # a run over some tasks keeps the others' last results
+        kept = json.loads(previous.read_text()).get("tasks", {})
+        report["tasks"] = {t: report["tasks"].get(t, kept.get(t)) for t in TASKS if t in report["tasks"] or t in kept}
+    report["partial"] = set(report["tasks"]) != set(TASKS) or any(
+        t["pending"] or t["teacher"] is None for t in report["tasks"].values()
+    )
+    report["targets"] = targets(report, args.budgets)
     if args.write:
         write_outputs(report, args)
     return report

@@ -123,8 +123,9 @@ def _training_args(out: Path, args, epochs: float, lr: float) -> TrainingArgumen
 def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, **loss_kwargs):
     """MultiExitTrainer (hf_costeff.training) on the training subset; returns the trained model in eval mode.
 
-    ``ctx["training_args"]`` (optional) replaces ``_training_args`` (benchmarks/glue_table.py: length-grouped batches,
-    periodic checkpoints); a run that stopped resumes from the last checkpoint left in ``ctx["tmp"]/trainer``."""
+    ``ctx["training_args"]`` (optional) replaces ``_training_args`` and ``ctx["callbacks"]`` are added to the trainer's
+    (benchmarks/glue_table.py: length-grouped batches, periodic checkpoints); a run that stopped resumes from the last
+    checkpoint left in ``ctx["tmp"]/trainer``."""
     out = ctx["tmp"] / "trainer"
     trainer = MultiExitTrainer(
         model=model,
@@ -134,7 +135,7 @@ def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, **
         processing_class=ctx["tokenizer"],
         teacher=teacher,
         task_name=ctx["task"],
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *ctx.get("callbacks", [])],
         **loss_kwargs,
     )
     trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)) if out.is_dir() else None)

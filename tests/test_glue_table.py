@@ -130,7 +130,7 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
         "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2",
         "--budgets", "small=2:16:p0.6", "--max_steps", "4", "--batch_size", "8", "--save_steps", "2",
         "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
-        "--results_md", str(tmp_path / "results.md"), "--write", "--exit_pooling", "mean",
+        "--results_md", str(tmp_path / "results.md"), "--write", "--exit_pooling", "mean", "--ablation_tasks", "",
     ]  # fmt: skip
     first = glue_table.main(argv)
     report = json.loads((tmp_path / "out" / "glue_table.json").read_text())
@@ -159,3 +159,43 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     before = {m["name"]: m["score"] for m in first["tasks"]["sst2"]["models"]}
     after = {m["name"]: m["score"] for m in again["tasks"]["sst2"]["models"]}
     assert before == after and not again["tasks"]["sst2"]["pending"]
+
+
+def test_timed_checkpoints_save_after_the_period(monkeypatch):
+    from transformers import TrainerControl
+
+    clock = [100.0]
+    monkeypatch.setattr(glue_table.time, "monotonic", lambda: clock[0])
+    callback = glue_table.TimedCheckpoints(minutes=1.0)
+    control = TrainerControl()
+    clock[0] += 59.0
+    assert not callback.on_step_end(None, None, control).should_save
+    clock[0] += 2.0
+    assert callback.on_step_end(None, None, control).should_save
+    callback.on_save(None, None, control)
+    control = TrainerControl()
+    clock[0] += 30.0
+    assert not callback.on_step_end(None, None, control).should_save
+    assert not glue_table.TimedCheckpoints(minutes=0).on_step_end(None, None, TrainerControl()).should_save
+
+
+@pytest.mark.slow
+def test_ablation_variants_build_and_report(tmp_path, glue_dir, tiny_bert):
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data)
+    report = glue_table.main(
+        [
+            "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2", "--stages",
+            "teacher,ta,students,ablation", "--budgets", "small=2:16:p0.6", "--ablation_budget", "small",
+            "--max_steps", "4", "--batch_size", "8", "--cache_dir", str(tmp_path / "cache"), "--exit_pooling", "mean",
+        ]
+    )  # fmt: skip
+    task = report["tasks"]["sst2"]
+    rows = {m["name"]: m for m in task["ablation"]}
+    assert set(rows) == {"abl_no_ta", "abl_one_shot", "abl_width_only", "abl_rank_only"}
+    small = next(m for m in task["models"] if m["name"] == "costeff_small")
+    assert rows["abl_width_only"]["heads"] == small["heads"] and rows["abl_width_only"]["embedding_rank"] is None
+    assert (
+        rows["abl_rank_only"]["heads"] == [4, 4] and rows["abl_rank_only"]["embedding_rank"] == small["embedding_rank"]
+    )
+    assert rows["abl_no_ta"]["params"] == small["params"] == rows["abl_one_shot"]["params"]

@@ -11,22 +11,32 @@ Importing the package registers ``CostEffConfig`` and the CostEff models with th
 ``"costeff-text-classification"`` pipeline task.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import AutoConfig
+from transformers.utils import is_torch_available
 
 from .configuration_costeff import CostEffConfig
 from .cost import average_flops, count_parameters, forward_flops, layer_flops
-from .modeling_costeff import (
-    CostEffForSequenceClassification,
-    CostEffModel,
-    CostEffPreTrainedModel,
-    CostEffSequenceClassifierOutput,
-)
 
 AutoConfig.register("costeff", CostEffConfig, exist_ok=True)
-AutoModel.register(CostEffConfig, CostEffModel, exist_ok=True)
-AutoModelForSequenceClassification.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=True)
 
-from .serving import EarlyExitTextClassificationPipeline, load_costeff, push_costeff_to_hub  # noqa: E402  (registers the task)
+# Without torch only the configuration, the cost formulas and the ONNX Runtime model (hf_costeff.serving.onnx) load:
+# a CPU serving image for an exported model needs numpy and onnxruntime, not torch.
+if is_torch_available():
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from .modeling_costeff import (
+        CostEffForSequenceClassification,
+        CostEffModel,
+        CostEffPreTrainedModel,
+        CostEffSequenceClassifierOutput,
+    )
+
+    AutoModel.register(CostEffConfig, CostEffModel, exist_ok=True)
+    AutoModelForSequenceClassification.register(CostEffConfig, CostEffForSequenceClassification, exist_ok=True)
+
+    from .serving import EarlyExitTextClassificationPipeline, load_costeff, push_costeff_to_hub  # registers the task
+
+from .serving import ORTCostEffForSequenceClassification, export_onnx  # noqa: E402
 
 # Imported on first use: ``transformers.Trainer`` and ``datasets`` add seconds to ``import hf_costeff``.
 _LAZY = {
@@ -65,6 +75,7 @@ __all__ = [
     "CostEffSequenceClassifierOutput",
     "EarlyExitTextClassificationPipeline",
     "MultiExitTrainer",
+    "ORTCostEffForSequenceClassification",
     "PruningConfig",
     "SlenderizeCallback",
     "average_flops",
@@ -73,6 +84,7 @@ __all__ = [
     "compute_glue_metrics",
     "compute_importance",
     "count_parameters",
+    "export_onnx",
     "factorize_embeddings",
     "forward_flops",
     "layer_flops",

@@ -4,6 +4,7 @@ hf-costeff convert BERT_DIR OUT_DIR [--num_labels 2] [--exit_pooler dense|tanh]
 hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5 [--embedding_rank 128]
 hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 [--criterion entropy] --output r.json
 hf-costeff push MODEL_DIR org/name [--eval_json r.json] [--threshold 0.3] [--teacher BERT_DIR]
+hf-costeff export-onnx MODEL_DIR OUTPUT_DIR [--quantize int8]
 """
 
 from __future__ import annotations
@@ -179,6 +180,27 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     return {"repo_id": args.repo_id, "commit": getattr(commit, "commit_url", str(commit))}
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    from .serving.onnx import export_onnx  # noqa: PLC0415
+
+    if not (Path(args.model_dir) / "config.json").is_file():
+        raise ValueError(f"MODEL {args.model_dir!r} is not a CostEff model folder (no config.json)")
+    manifest = export_onnx(
+        args.model_dir,
+        args.output_dir,
+        quantize=args.quantize,
+        opset_version=args.opset,
+        validate=not args.no_validate,
+    )
+    files = [manifest["embeddings"]["file"]] + [block["file"] for block in manifest["blocks"]]
+    return {
+        "output_dir": str(args.output_dir),
+        "quantization": manifest["quantization"],
+        "files": files,
+        "megabytes": round(sum((Path(args.output_dir) / f).stat().st_size for f in files) / 2**20, 3),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -224,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="glue/sst2"), p.add_argument("--base_model")
     p.add_argument("--private", action="store_true"), p.add_argument("--token")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "export-onnx",
+        help="CostEff folder -> ONNX segment graphs + manifest, served by ORTCostEffForSequenceClassification",
+    )
+    p.add_argument("model_dir", metavar="MODEL", help="folder of a saved CostEff model (with its tokenizer)")
+    p.add_argument("output_dir", metavar="OUTPUT", help="new (or empty) folder to write the ONNX export into")
+    p.add_argument(
+        "--quantize", choices=["int8"], help="dynamic int8 quantization of the weights (default: float32 graphs)"
+    )
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the torch exporter's)")
+    p.add_argument(
+        "--no_validate", action="store_true", help="skip comparing each float32 segment with PyTorch in ONNX Runtime"
+    )
+    p.set_defaults(func=cmd_export_onnx)
     return parser
 
 

@@ -103,6 +103,20 @@ def validate_exit_policy(
             )
 
 
+def resolve_exit_policy(
+    config: CostEffConfig, criterion: str | None, threshold: float | None, patience: int | None
+) -> tuple[str, float | None, int | None]:
+    """The configuration's exit policy with one call's overrides (``None`` keeps the configuration's value),
+    validated when anything is overridden. Shared by the PyTorch model and the ONNX Runtime one."""
+    if criterion is None and threshold is None and patience is None:
+        return config.exit_criterion, config.exit_threshold, config.exit_patience
+    criterion = criterion if criterion is not None else config.exit_criterion
+    threshold = threshold if threshold is not None else config.exit_threshold
+    patience = patience if patience is not None else config.exit_patience
+    validate_exit_policy(criterion, threshold, patience, config.num_exits, config.num_labels)
+    return criterion, threshold, patience
+
+
 class CostEffConfig(PretrainedConfig):
     r"""Configuration of a slenderized multi-exit BERT (COST-EFF, Shen et al., EMNLP 2022).
 
@@ -330,4 +344,11 @@ def _check_probability(name: str, value) -> None:
         raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
 
 
-__all__ = ["CostEffConfig", "validate_exit_policy", "EXIT_CRITERIA", "EXIT_POOLERS", "EXIT_POOLINGS"]
+__all__ = [
+    "CostEffConfig",
+    "resolve_exit_policy",
+    "validate_exit_policy",
+    "EXIT_CRITERIA",
+    "EXIT_POOLERS",
+    "EXIT_POOLINGS",
+]

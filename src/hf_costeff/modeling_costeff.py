@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_costeff import CostEffConfig, validate_exit_policy
+from .configuration_costeff import CostEffConfig, resolve_exit_policy
 
 logger = logging.get_logger(__name__)
 
@@ -526,14 +526,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     def _exit_policy(self, criterion: str | None, threshold: float | None, patience: int | None):
-        config = self.config
-        if criterion is None and threshold is None and patience is None:
-            return config.exit_criterion, config.exit_threshold, config.exit_patience
-        criterion = criterion if criterion is not None else config.exit_criterion
-        threshold = threshold if threshold is not None else config.exit_threshold
-        patience = patience if patience is not None else config.exit_patience
-        validate_exit_policy(criterion, threshold, patience, config.num_exits, config.num_labels)
-        return criterion, threshold, patience
+        return resolve_exit_policy(self.config, criterion, threshold, patience)
 
     def _forward_all_exits(
         self, inputs: dict[str, torch.Tensor | None], output_hidden_states: bool | None, **kwargs

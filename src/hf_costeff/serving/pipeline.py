@@ -74,6 +74,12 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         self.model.eval()  # early exit only happens in eval mode
         self.last_call_stats: dict[str, float] | None = None
 
+    def check_model_type(self, supported_models: Any) -> None:
+        # __init__ accepts only model_type 'costeff': the PyTorch model and the ONNX Runtime one
+        # (serving.onnx.ORTCostEffForSequenceClassification), which the stock class-name check does not know.
+        if getattr(self.model.config, "model_type", None) != "costeff":
+            super().check_model_type(supported_models)
+
     def _sanitize_parameters(
         self,
         exit_criterion: str | None = None,
