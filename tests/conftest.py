@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,28 @@ def tiny_config(**overrides):
     )
     fields.update(overrides)
     return CostEffConfig(**fields)
+
+
+def run_without_hf_costeff(
+    script: str, hf_home: Path, workdir: Path, timeout: int = 180
+) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh offline Python with ``hf_home`` as its HF cache, from ``workdir`` (outside the repo,
+    so that the editable hf_costeff cannot be picked up by accident): what a user without hf_costeff sees."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(hf_home / "hub"),
+        "HF_MODULES_CACHE": str(workdir / "modules"),
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONPATH": "",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+    )

@@ -40,6 +40,7 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
             *("--target_heads", "6", "--target_ffn", "768", "--embedding_rank", "64", "--num_prune_events", "1"),
             *("--calibration_batches", "1", "--eval_thresholds", "0.3,0.6", "--calibration_samples", "48"),
             *("--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"),
+            "--trim_vocabulary",
         ]
     )
     final = out / "final"
@@ -53,6 +54,12 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert results["full_student_params"]["encoder"] > results["student_params"]["encoder"]  # before vs after pruning
     assert results["teacher_avg_flops"] > results["deployed_avg_flops"]
     assert "model-index" in (final / "README.md").read_text()
+    # --trim_vocabulary: the saved model, its tokenizer files, parameter count and card hold the trimmed vocabulary.
+    trimmed = results["vocabulary_trimming"]
+    assert config.vocab_size == trimmed["vocab_size"] < trimmed["original_vocab_size"] == 30522
+    assert len((final / "vocab.txt").read_text(encoding="utf-8").splitlines()) == config.vocab_size
+    assert results["student_params"] == hf_costeff.count_parameters(config)
+    assert f"{config.vocab_size:,} tokens on glue/sst2 train" in (final / "README.md").read_text()
 
     # The saved model, reloaded and run with its own exit policy, reproduces the reported dev accuracy and exits.
     tokenizer = AutoTokenizer.from_pretrained(final)

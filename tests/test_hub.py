@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_without_hf_costeff, tiny_config
 
 import hf_costeff
 from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
@@ -82,7 +79,9 @@ def test_saved_folder_is_self_contained(hub_cache):
             roots.add("." + node.module if node.level else node.module.split(".")[0])
     assert roots <= {
         "__future__",
+        "json",
         "os",
+        "shutil",
         "collections",
         "dataclasses",
         "torch",
@@ -105,25 +104,7 @@ def test_remote_code_load_without_hf_costeff(hub_cache, minilm_costeff, minilm_t
         print("RESULT=" + json.dumps({{"module": type(model).__module__, "logits": logits.tolist(),
                           "pipeline_module": type(clf.model).__module__, "scores": [r["score"] for r in out]}}))
     """)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(hub_cache),
-        "HF_HUB_CACHE": str(hub_cache / "hub"),
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PYTHONPATH": "",
-    }
-    # Run outside the repo so that the editable hf_costeff cannot be picked up by accident.
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=120,
-    )
+    done = run_without_hf_costeff(script, hub_cache, tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Do you wish" not in done.stdout + done.stderr  # no interactive prompt
     result = json.loads(done.stdout.split("RESULT=")[-1])

@@ -52,6 +52,7 @@ _LAZY = {
     "factorize_embeddings": "slenderize",
     "plan_widths": "slenderize",
     "prune_model": "slenderize",
+    "trim_vocabulary": "slenderize",
     "MultiExitTrainer": "training",
     "SlenderizeCallback": "training",
 }
@@ -96,4 +97,5 @@ __all__ = [
     "simulate_early_exit",
     "sweep_thresholds",
     "tokenize_glue",
+    "trim_vocabulary",
 ]

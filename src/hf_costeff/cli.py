@@ -3,6 +3,7 @@
 hf-costeff convert BERT_DIR OUT_DIR [--num_labels 2] [--exit_pooler dense|tanh]
 hf-costeff slenderize MODEL_DIR OUT_DIR --glue_dir DIR --task sst2 --encoder_keep_fraction 0.5 [--embedding_rank 128]
 hf-costeff evaluate MODEL_DIR --glue_dir DIR --task sst2 --thresholds 0.1,0.3 [--criterion entropy] --output r.json
+hf-costeff trim-vocab MODEL_DIR OUT_DIR --glue_dir DIR --task sst2   (or --texts FILE [--heldout FILE])
 hf-costeff push MODEL_DIR org/name [--eval_json r.json] [--threshold 0.3] [--teacher BERT_DIR]
 hf-costeff export-onnx MODEL_DIR OUTPUT_DIR [--quantize int8]
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +28,105 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``hf-costeff <command>: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _require(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{option} {message}")
+
+
+def _check_writable_file(option: str, path: str | None) -> None:
+    """Refuse an output file that could not be written, before the work that produces it starts."""
+    if path is None:
+        return
+    target = Path(path).absolute()
+    _require(not target.is_dir(), option, f"{path} is a folder, expected a file path")
+    _require(target.parent.is_dir(), option, f"{path}: folder {target.parent} does not exist")
+    _require(os.access(target.parent, os.W_OK), option, f"{path}: folder {target.parent} is not writable")
+
+
+def _check_output_dir(option: str, path: str) -> None:
+    target = Path(path).absolute()
+    _require(not target.exists() or target.is_dir(), option, f"{path} exists and is not a folder")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    _require(os.access(existing, os.W_OK), option, f"{path}: {existing} is not writable")
+
+
+def _check_model_dir(path: str) -> None:
+    _require(Path(path, "config.json").is_file(), "model_dir", f"{path} holds no config.json (not a saved model)")
+
+
+def _check_task(task: str, glue_dir: str | None) -> None:
+    from .data import TASKS  # noqa: PLC0415
+
+    _require(task in TASKS, "--task", f"must be one of {sorted(TASKS)}, got {task!r}")
+    if glue_dir is not None:
+        _require(Path(glue_dir, task).is_dir(), "--glue_dir", f"{glue_dir} has no {task}/ folder of GLUE files")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        _require(value is None or value >= 1, f"--{name}", f"must be >= 1, got {value}")
+
+
+def check_convert(args: argparse.Namespace) -> None:
+    _check_output_dir("output_dir", args.output_dir)
+    _check_positive(args, "num_labels")
+    if args.exit_layers:
+        try:
+            [int(v) for v in args.exit_layers.split(",")]
+        except ValueError:
+            raise ValueError(f"--exit_layers expects comma-separated integers, got {args.exit_layers!r}") from None
+    if args.exit_threshold is not None:
+        _require(math.isfinite(args.exit_threshold), "--exit_threshold", f"must be finite, got {args.exit_threshold}")
+
+
+def check_slenderize(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_output_dir("output_dir", args.output_dir)
+    _check_task(args.task, args.glue_dir)
+    fraction = args.encoder_keep_fraction
+    _require(0.0 < fraction <= 1.0, "--encoder_keep_fraction", f"must lie in (0, 1], got {fraction}")
+    _check_positive(args, "embedding_rank", "batch_size", "max_batches", "max_length")
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_task(args.task, args.glue_dir)
+    _check_writable_file("--output", args.output)
+    _require(bool(args.thresholds), "--thresholds", "must list at least one threshold")
+    _check_positive(args, "patience", "batch_size", "max_length", "max_examples")
+
+
+def check_push(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _require(args.repo_id.count("/") <= 1 and bool(args.repo_id.strip("/")), "repo_id", f"invalid: {args.repo_id!r}")
+    if args.eval_json:
+        try:
+            json.loads(Path(args.eval_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--eval_json {args.eval_json}: not a readable JSON report ({err})") from None
+
+
+def _check_task_matches_model(task: str, config) -> None:
+    """A 2-label model scored on STS-B (regression) would report a correlation of argmax class ids."""
+    from .data import get_task  # noqa: PLC0415
+
+    expected = get_task(task).num_labels
+    if config.num_labels != expected:
+        kind = "a regression (1 output)" if expected == 1 else f"a {expected}-class"
+        raise ValueError(
+            f"--task {task} is {kind} task but the model has num_labels={config.num_labels}; "
+            "evaluate it on a task with as many labels"
+        )
 
 
 def _load_model_and_tokenizer(folder: str):
@@ -130,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
     config = model.config
+    _check_task_matches_model(args.task, config)
     patience = args.patience or config.exit_patience
     for threshold in args.thresholds:  # refuse a bad sweep before any data is read
         validate_exit_policy(args.criterion, threshold, patience, config.num_exits, config.num_labels)
@@ -153,6 +256,94 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _read_lines(path: str, option: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{option}: cannot read {path!r}: {err.strerror}") from err
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"{option}: {path!r} holds no text (one text per line)")
+    return texts
+
+
+def _trim_corpus(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str]:
+    """The texts to keep the vocabulary of, the held-out texts (or ``None``) and the corpus name for the card."""
+    if (args.texts is None) == (args.task is None):
+        raise ValueError("give either --texts FILE or --task (with --glue_dir, else GLUE is read from the Hub)")
+    if args.texts is not None:
+        heldout = _read_lines(args.heldout, "--heldout") if args.heldout else None
+        texts, corpus = _read_lines(args.texts, "--texts"), Path(args.texts).name
+    else:
+        from .data import glue_texts, load_glue  # noqa: PLC0415
+
+        if args.heldout:
+            raise ValueError("--heldout goes with --texts; with --task the held-out texts are the task's dev set")
+        data = load_glue(args.task, args.glue_dir)
+        texts, heldout = glue_texts(data["train"], args.task), glue_texts(data["validation"], args.task)
+        corpus = f"glue/{args.task} train"
+    if args.max_texts is not None:
+        if args.max_texts < 1:
+            raise ValueError(f"--max_texts must be >= 1, got {args.max_texts}")
+        texts = texts[: args.max_texts]
+        corpus += f" (first {len(texts)})"
+    return texts, heldout, corpus
+
+
+def cmd_trim_vocab(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification  # noqa: PLC0415
+
+    from .serving.hub import load_costeff, load_folder_tokenizer, save_pretrained_atomic  # noqa: PLC0415
+    from .slenderize.vocabulary import compare_tokenizations, trim_vocabulary, write_vocab_file  # noqa: PLC0415
+
+    texts, heldout, corpus = _trim_corpus(args)
+    is_costeff = getattr(AutoConfig.from_pretrained(args.model_dir), "model_type", None) == "costeff"
+    model = (
+        load_costeff(args.model_dir)
+        if is_costeff
+        else AutoModelForSequenceClassification.from_pretrained(args.model_dir)
+    )
+    tokenizer = load_folder_tokenizer(args.model_dir)
+    if tokenizer is None:
+        raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
+    parameters_before, vocab_before = sum(p.numel() for p in model.parameters()), model.config.vocab_size
+    model, trimmed = trim_vocabulary(
+        model,
+        tokenizer,
+        texts,
+        min_count=args.min_count,
+        keep_tokens=_read_lines(args.keep_tokens, "--keep_tokens") if args.keep_tokens else None,
+        keep_characters=not args.no_keep_characters,
+        corpus=corpus,
+        show_progress=not args.quiet,
+    )
+    save_pretrained_atomic(model, args.output_dir, tokenizer=trimmed, for_hub=is_costeff)
+    write_vocab_file(trimmed, args.output_dir)
+    result: dict[str, Any] = {
+        "output_dir": str(args.output_dir),
+        "corpus": corpus,
+        "num_texts": len(texts),
+        "vocab_size_before": vocab_before,
+        "vocab_size_after": model.config.vocab_size,
+        "parameters_before": parameters_before,
+        "parameters_after": sum(p.numel() for p in model.parameters()),
+        "heldout": compare_tokenizations(tokenizer, trimmed, heldout) if heldout else None,
+    }
+    if not args.quiet:
+        line = (
+            f"kept {result['vocab_size_after']:,} of {vocab_before:,} tokens; parameters "
+            f"{parameters_before:,} -> {result['parameters_after']:,}"
+        )
+        if heldout:
+            h = result["heldout"]
+            line += (
+                f"; held-out tokens that are [UNK]: {h['unknown_rate_after']:.3%} (before {h['unknown_rate_before']:.3%}),"
+                f" held-out texts split differently: {h['texts_resplit']:.2%}"
+            )
+        print(line, file=sys.stderr)
     return result
 
 
@@ -202,7 +393,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
+    parser = _ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -214,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit_layers", help="comma-separated 1-based layers (default: every layer)")
     p.add_argument("--exit_criterion", default="none", choices=["entropy", "confidence", "patience", "none"])
     p.add_argument("--exit_threshold", type=float)
-    p.set_defaults(func=cmd_convert)
+    p.set_defaults(func=cmd_convert, check=check_convert)
 
     p = sub.add_parser("slenderize", help="prune heads/FFN neurons (and factorize embeddings) with calibration data")
     p.add_argument("model_dir"), p.add_argument("output_dir")
@@ -224,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit_weighting", choices=["all", "final"], default="all")
     p.add_argument("--batch_size", type=int, default=16), p.add_argument("--max_batches", type=int, default=8)
     p.add_argument("--max_length", type=int, default=128)
-    p.set_defaults(func=cmd_slenderize)
+    p.set_defaults(func=cmd_slenderize, check=check_slenderize)
 
     p = sub.add_parser("evaluate", help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)")
     p.add_argument("model_dir")
@@ -235,7 +426,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32), p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--max_examples", type=int)
     p.add_argument("--output", help="write the JSON report here (it is printed too)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, check=check_evaluate)
+
+    p = sub.add_parser(
+        "trim-vocab",
+        help="keep only the tokens a task's texts use: word-embedding rows, tokenizer.json and vocab.txt together",
+    )
+    p.add_argument("model_dir", help="CostEff or BERT sequence-classification folder with its tokenizer")
+    p.add_argument("output_dir", help="folder to write the trimmed model, tokenizer.json and vocab.txt into")
+    p.add_argument("--glue_dir", help="folder with <task>/{train,dev}.tsv (default: GLUE from the Hub)")
+    p.add_argument("--task", help="GLUE task whose training texts are kept; its dev texts are the held-out set")
+    p.add_argument("--texts", help="instead of --task: a file with one text per line whose tokens are kept")
+    p.add_argument("--heldout", help="with --texts: a file of held-out texts (one per line) to report [UNK] on")
+    p.add_argument("--max_texts", type=int, help="use only the first N texts of the corpus")
+    p.add_argument("--min_count", type=int, default=1, help="keep a token seen at least this many times (default 1)")
+    p.add_argument("--keep_tokens", help="a file of extra tokens (one per line) to keep whatever their count")
+    p.add_argument(
+        "--no_keep_characters",
+        action="store_true",
+        help="drop unseen single-character pieces too (then unseen words become [UNK] instead of splitting)",
+    )
+    p.set_defaults(func=cmd_trim_vocab)
 
     p = sub.add_parser("push", help="folder -> Hub repo, with code for trust_remote_code and a model card")
     p.add_argument("model_dir"), p.add_argument("repo_id")
@@ -245,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="config of the model it was compressed from, for the card's comparison")
     p.add_argument("--dataset", default="glue/sst2"), p.add_argument("--base_model")
     p.add_argument("--private", action="store_true"), p.add_argument("--token")
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, check=check_push)
 
     p = sub.add_parser(
         "export-onnx",
@@ -269,11 +480,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     import hf_costeff.serving  # noqa: F401, PLC0415  (registers the model type and the pipeline task)
 
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # the libraries' own bars too (weights loading)
+        hf_logging.disable_progress_bar()
     try:
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)  # every argument before any model or data is read
         result = args.func(args)
-    except ValueError as err:
-        print(f"hf-costeff {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:  # bad input; a bug elsewhere still shows its traceback
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        print(f"hf-costeff {args.command}: error: {message or type(err).__name__}", file=sys.stderr)
         return 2
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     print(json.dumps(result, indent=2, default=str))
     return 0
 

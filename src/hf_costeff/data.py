@@ -100,6 +100,11 @@ def _read_tsv(path: Path, spec: GlueTask) -> dict[str, list]:
     return columns
 
 
+def glue_texts(split: datasets.Dataset, task: str) -> list[str]:
+    """Every text of a GLUE split: its one text column, or both columns of a sentence-pair task, one after the other."""
+    return [text for key in get_task(task).text_keys for text in split[key]]
+
+
 def tokenize_glue(
     dataset_dict: datasets.DatasetDict, tokenizer, task: str, max_length: int = 128
 ) -> datasets.DatasetDict:
@@ -152,4 +157,4 @@ def compute_glue_metrics(task: str, predictions, references) -> dict[str, float]
     return {key: float(formulas[key]()) for key in spec.metric_keys}
 
 
-__all__ = ["GlueTask", "TASKS", "compute_glue_metrics", "get_task", "load_glue", "tokenize_glue"]
+__all__ = ["GlueTask", "TASKS", "compute_glue_metrics", "get_task", "glue_texts", "load_glue", "tokenize_glue"]

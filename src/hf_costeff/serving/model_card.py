@@ -56,6 +56,21 @@ def _fmt(value: float | int) -> str:
     return f"{value:.4f}"
 
 
+def _vocabulary_note(config: Any) -> str | None:
+    """The sentence stating how the vocabulary was trimmed (``hf_costeff.slenderize.trim_vocabulary``), if it was."""
+    trim = getattr(config, "vocabulary_trimming", None)
+    if not trim:
+        return None
+    corpus = trim.get("corpus") or "an unnamed corpus"
+    kept = "every token seen at least {} time{} there".format(trim["min_count"], "" if trim["min_count"] == 1 else "s")
+    kept += ", every special token" + (" and every single-character piece" if trim.get("keep_characters") else "")
+    return (
+        f"Vocabulary trimmed from {trim['original_vocab_size']:,} to {trim['vocab_size']:,} tokens on {corpus} "
+        f"({trim['num_texts']:,} texts): {kept}. Words outside that corpus split into the kept pieces"
+        + (" (a character without a piece becomes `[UNK]`)." if trim.get("keep_characters") else " or `[UNK]`.")
+    )
+
+
 def build_model_card(
     model_or_config: Any,
     teacher_config: Any = None,
@@ -151,6 +166,9 @@ def build_model_card(
         average_flops=_fmt(average_flops) if average_flops else None,
         seq_length=seq_length,
         embedding_rank=config.embedding_rank or "full (not factorized)",
+        vocab_size=f"{config.vocab_size:,}",
+        teacher_vocab_size=f"{teacher_config.vocab_size:,}" if teacher else dash,
+        vocabulary_note=_vocabulary_note(config),
         exit_pooler=config.exit_pooler,
         exit_pooling=config.exit_pooling,
         layers=layers,

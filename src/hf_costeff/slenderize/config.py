@@ -37,15 +37,20 @@ def per_layer(
     return values
 
 
-def update_model_configs(model: nn.Module, **values: Any) -> None:
-    """Set ``values`` on every distinct config object the model's modules hold (they share one unless a copy was
-    made): a pruned or factorized model's config must describe its new shapes wherever it is read."""
+def model_configs(model: nn.Module) -> list[PretrainedConfig]:
+    """Every distinct config object the model's modules hold (they share one unless a copy was made)."""
     found = {}
     for module in model.modules():
         config = getattr(module, "config", None)
         if isinstance(config, PretrainedConfig):
             found[id(config)] = config
-    for config in found.values():
+    return list(found.values())
+
+
+def update_model_configs(model: nn.Module, **values: Any) -> None:
+    """Set ``values`` on every config object of the model (:func:`model_configs`): a pruned or factorized model's
+    config must describe its new shapes wherever it is read."""
+    for config in model_configs(model):
         for key, value in values.items():
             setattr(config, key, value)
 
