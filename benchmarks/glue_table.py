@@ -77,12 +77,12 @@ from hf_costeff.evaluation import (
     calibrate_threshold,
     collect_exit_logits,
     default_thresholds,
+    logits_to_predictions,
     simulate_early_exit,
     sweep_thresholds,
 )
 from hf_costeff.slenderize import PruningConfig
 from hf_costeff.training import SlenderizeCallback
-from hf_costeff.training.metrics import logits_to_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pareto  # noqa: E402  (the Pareto benchmark's recipes: TA, DeeBERT, PABEE, static; frontier helpers)
@@ -846,11 +846,12 @@ class TaskRun:
             )
             model = self.distill(model, kd, work, settings, tokenizer, callbacks=[callback], beta=1.0)
             meta.update({"embedding_rank": rank, "params_cap": cap, "pruning_events": callback.history})
-            schedule = (
-                "one-shot pruning at step 1"
-                if recipe.one_shot
-                else f"{events} pruning events (one head per layer each, FFN interpolated) in the first half"
-            )
+            if recipe.one_shot:
+                schedule = "one-shot pruning at step 1"
+            elif not recipe.prune_width:
+                schedule = "one factorization event at the end of the first half"
+            else:
+                schedule = f"{events} pruning events (one head per layer each, FFN interpolated) in the first half"
             meta["recipe"] = (
                 f"{'copy of the TA' if recipe.from_ta else 'the teacher with exits'}"
                 f"{', vocabulary trimmed to the train texts' if budget.trim else ''}; {schedule} of "
@@ -1199,16 +1200,21 @@ def markdown(report: dict) -> str:
         if t["pending"]:
             lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]
         rows = {r["key"]: r for stage_rows in t["stages"].values() for r in stage_rows}
+        runs = list(dict.fromkeys((r["command"], r["machine"]) for r in rows.values()))
         if rows:
             lines += [
                 "",
-                "Finished stages (wall time on the machine of the stage's own run; commands in the JSON):",
+                "Finished stages (run: the command and machine that built the stage, listed below the table):",
                 "",
-                "| stage | finished (UTC) | wall (s) | recipe |",
-                "|---|---|---|---|",
+                "| stage | finished (UTC) | wall (s) | run | recipe |",
+                "|---|---|---|---|---|",
             ]
         for r in sorted(rows.values(), key=lambda r: r["finished_utc"] or ""):
-            lines.append(f"| {r['key']} | {r['finished_utc']} | {r['wall_seconds']:.0f} | {r['recipe'] or ''} |")
+            run = runs.index((r["command"], r["machine"])) + 1
+            lines.append(
+                f"| {r['key']} | {r['finished_utc']} | {r['wall_seconds']:.0f} | {run} | {r['recipe'] or ''} |"
+            )
+        lines += ["", *[f"{i}. `{command}` — {where}" for i, (command, where) in enumerate(runs, 1)]] if runs else []
         if t["teacher"] is not None:
             lines += ["", f"![{task} Pareto plot](results/glue_table_{task}.png)"]
         lines.append("")

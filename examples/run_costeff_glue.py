@@ -47,7 +47,7 @@ from transformers import (
 
 from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_flops, count_parameters, forward_flops
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
-from hf_costeff.evaluation import calibrate_threshold, collect_exit_logits, sweep_thresholds
+from hf_costeff.evaluation import calibrate_threshold, sweep_thresholds
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer
 from hf_costeff.slenderize import write_vocab_file
@@ -197,6 +197,7 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
         save_strategy="no",
         report_to="none",
         use_cpu=targs.use_cpu,
+        ddp_backend=targs.ddp_backend,
         seed=targs.seed,
         disable_tqdm=targs.disable_tqdm,
     )
@@ -228,17 +229,19 @@ def teacher_average_flops(teacher_config, dataset) -> float:
 
 
 def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
-    """Set the model's entropy threshold from the calibration rows; report it and its dev cost in ``results``."""
+    """Set the model's entropy threshold from the calibration rows; report it and its dev cost in ``results``.
+
+    The exit logits come from the trainer's gathered evaluation loop: under torchrun every process sees every
+    calibration and dev row, so all processes pick the same threshold."""
     model, task = trainer.model, cargs.task_name
     threshold = calibrate_threshold(
-        model,
-        trainer.get_eval_dataloader(data["calibration"]),
+        trainer.collect_exit_logits(data["calibration"]),
         task=task,
         criterion="entropy",
         max_metric_drop=cargs.max_metric_drop,
     )
     model.config.exit_criterion, model.config.exit_threshold = "entropy", float(threshold)
-    dev = collect_exit_logits(model, trainer.get_eval_dataloader(data["validation"]))
+    dev = trainer.collect_exit_logits(data["validation"])
     row = sweep_thresholds(dev, model.config, task, "entropy", [threshold])[0]
     results.update(
         {
@@ -295,7 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
         cargs, targs = parser.parse_json_file(os.path.abspath(sys.argv[1]))
     else:
         cargs, targs = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Under torchrun only the main process logs at INFO (TrainingArguments.should_log), as transformers' examples do.
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if targs.should_log else logging.WARNING,
+    )
     transformers.utils.logging.set_verbosity_warning()
     if cargs.student_init not in ("teacher", "pretrained"):
         raise ValueError(f"--student_init must be 'teacher' or 'pretrained', got {cargs.student_init!r}")
@@ -387,10 +394,18 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     final = Path(targs.output_dir) / "final"
-    calibrate_exit_policy(trainer, student_data, cargs, results)
-    save_final_model(trainer, final, cargs, results, teacher.config)
+    calibrate_exit_policy(trainer, student_data, cargs, results)  # every process: it gathers the calibration rows
     results_path = Path(targs.output_dir) / "all_results.json"
-    results_path.write_text(json.dumps(results, indent=2, default=float))
+    # Every process holds the same model and results; one writes them and prints the summary.
+    if trainer.is_world_process_zero():
+        save_final_model(trainer, final, cargs, results, teacher.config)
+        results_path.write_text(json.dumps(results, indent=2, default=float))
+        print_summary(results, cargs, config, thresholds, final, results_path)
+    trainer.accelerator.wait_for_everyone()  # the others return once final/ is complete
+    return results
+
+
+def print_summary(results: dict, cargs, config, thresholds, final: Path, results_path: Path) -> None:
     main_metric = get_task(cargs.task_name).main_metric
     per_exit = " ".join(f"L{layer}={results[f'eval_exit{layer}_{main_metric}']:.3f}" for layer in config.exit_layers)
     print(f"\nPer-exit dev {main_metric}: {per_exit}")
@@ -398,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
         p = f"eval_entropy_{t:g}_"
         print(
             f"Entropy {t:g}: {main_metric}={results[p + main_metric]:.4f} avg exit layer="
-            f"{results[p + 'avg_exit_layer']:.2f} FLOPs ratio={results[p + 'flops_ratio']:.3f} "
+            f"{results[p + 'avg_exit_layer']:.2f} FLOPs speed-up={results[p + 'flops_speedup']:.2f}x "
             f"({results['teacher_avg_flops'] / results[p + 'avg_flops']:.1f}x fewer than the teacher)"
         )
     print(
@@ -412,7 +427,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"than all its layers, {results['teacher_avg_flops'] / results['deployed_avg_flops']:.1f}x fewer than the teacher"
     )
     print(f"Model written to {final}\nMetrics written to {results_path}\nWall time {results['wall_seconds']:.0f} s")
-    return results
 
 
 if __name__ == "__main__":

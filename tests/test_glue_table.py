@@ -199,3 +199,30 @@ def test_ablation_variants_build_and_report(tmp_path, glue_dir, tiny_bert):
         rows["abl_rank_only"]["heads"] == [4, 4] and rows["abl_rank_only"]["embedding_rank"] == small["embedding_rank"]
     )
     assert rows["abl_no_ta"]["params"] == small["params"] == rows["abl_one_shot"]["params"]
+
+
+def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir, tiny_bert, monkeypatch):
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--no_train trained")
+
+    monkeypatch.setattr("transformers.Trainer.train", no_training)
+    out = tmp_path / "out"
+    glue_table.main(
+        [
+            "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2", "--no_train", "--write",
+            "--budgets", "small=2:16:p0.6", "--ablation_budget", "small", "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(out), "--results_md", str(tmp_path / "results.md"),
+        ]
+    )  # fmt: skip
+    report = json.loads((out / "glue_table.json").read_text())
+    task = report["tasks"]["sst2"]
+    assert report["partial"] and task["teacher"] is None and task["models"] == []
+    assert {"teacher", "costeff_ta", "costeff_small", "deebert", "pabee", "static_small", "abl_no_ta"} <= set(
+        task["pending"]
+    )
+    assert "prune_small" not in task["pending"]  # one line per model, naming the stage it waits for
+    assert task["pending"]["costeff_small"].startswith("prune_small")
+    assert "PARTIAL" in (tmp_path / "results.md").read_text()

@@ -264,8 +264,14 @@ def test_evaluate_reports_every_exit_and_early_exit_cost(tmp_path):
     )
     histogram = [metrics[f"eval_entropy_1.05_exit_fraction_L{layer}"] for layer in model.config.exit_layers]
     assert sum(histogram) == pytest.approx(1.0)
-    assert metrics["eval_entropy_0.5_flops_ratio"] <= 1.0
-    assert "eval_loss" in metrics and "eval_mean_exit_accuracy" in metrics
+    assert metrics["eval_entropy_0.5_flops_speedup"] >= 1.0
+    # The loss is the model's own, over the whole set (not a mean of per-batch means).
+    with torch.no_grad():
+        expected_loss = model(**batch).loss.item()
+    assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["eval_mean_exit_accuracy"] == pytest.approx(
+        sum(metrics[f"eval_exit{layer}_accuracy"] for layer in model.config.exit_layers) / 4
+    )
     assert trainer.state.log_history[-1]["eval_exit4_accuracy"] == metrics["eval_exit4_accuracy"]
 
 
@@ -435,3 +441,20 @@ def test_slenderize_callback_rejects_bad_schedules(slenderize):
     assert callback.last_event_step(45, 120) == 40 and callback.last_event_step(10, 120) == 0
     with pytest.raises(ValueError, match="do not fit"):
         callback.event_steps(4)
+
+
+def test_the_trainer_owns_one_pruning_schedule(tmp_path, slenderize):
+    from transformers import Trainer
+
+    with pytest.raises(ValueError, match="at most one SlenderizeCallback"):
+        _trainer(tmp_path, _full_model(), callbacks=[_prune_callback(), _prune_callback()])
+    # A plain Trainer would not rebuild what the prune makes stale: the callback refuses rather than skip its event.
+    trainer = Trainer(
+        model=_full_model(),
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=_dataset(16),
+        data_collator=_collate,
+        callbacks=[_prune_callback(prune_steps=[1])],
+    )
+    with pytest.raises(ValueError, match="MultiExitTrainer only"):
+        trainer.train()

@@ -106,8 +106,8 @@ def _config_of(preds: ExitPredictions, config: CostEffConfig | None) -> CostEffC
     return config
 
 
-def _predict(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``)."""
+def logits_to_predictions(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``); numpy arrays work too."""
     return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
 
 
@@ -152,8 +152,33 @@ def simulate_early_exit(
     done[:, -1] = True
     first = done.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index: the first exit satisfied
     layers = torch.tensor(config.exit_layers, dtype=torch.long)[first]
-    predictions = _predict(logits[torch.arange(n), first])
+    predictions = logits_to_predictions(logits[torch.arange(n), first])
     return layers, predictions
+
+
+def compute_metrics(task: str | None, predictions, labels) -> dict[str, float]:
+    """The GLUE metrics of ``task`` (``data.compute_glue_metrics``); without a task, accuracy for class ids and MSE
+    for float predictions (regression)."""
+    if task is not None:
+        return compute_glue_metrics(task, predictions, labels)
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if np.issubdtype(predictions.dtype, np.floating):
+        return {"mse": float(np.mean((predictions.astype(np.float64) - labels) ** 2))}
+    return {"accuracy": float(np.mean(predictions == labels))}
+
+
+def _main_metric(task: str | None, metrics: Mapping[str, float]) -> float:
+    return metrics[get_task(task).main_metric] if task is not None else next(iter(metrics.values()))
+
+
+def per_exit_metrics(preds: ExitPredictions, task: str | None, config: CostEffConfig | None = None) -> list[dict]:
+    """One row per exit, every example leaving there: ``{"exit_layer": layer, **metrics}``."""
+    config = _config_of(preds, config)
+    labels = preds.labels.numpy()
+    return [
+        {"exit_layer": layer, **compute_metrics(task, logits_to_predictions(preds.logits[:, k]).numpy(), labels)}
+        for k, layer in enumerate(config.exit_layers)
+    ]
 
 
 class _FlopsTable:
@@ -185,21 +210,21 @@ def _policy_key(criterion: str) -> str:
 def _evaluate_policy(
     preds: ExitPredictions,
     config: CostEffConfig,
-    task: str,
+    task: str | None,
     criterion: str,
     value,
     table: _FlopsTable,
     regression_threshold: float | None,
 ) -> dict:
     layers, predictions = simulate_early_exit(preds, config, criterion, value, regression_threshold)
-    metrics = compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
+    metrics = compute_metrics(task, predictions.numpy(), preds.labels.numpy())
     avg_flops = table.average(layers)
     histogram = {int(layer): int((layers == layer).sum()) for layer in config.exit_layers}
     return {
         "criterion": criterion,
         _policy_key(criterion): value,
         "metrics": metrics,
-        "metric": metrics[get_task(task).main_metric],
+        "metric": _main_metric(task, metrics),
         "avg_flops": avg_flops,
         "flops_speedup": table.full() / avg_flops,
         "avg_exit_layer": float(layers.float().mean()),
@@ -211,7 +236,7 @@ def _evaluate_policy(
 def sweep_thresholds(
     preds: ExitPredictions,
     config: CostEffConfig | None,
-    task: str,
+    task: str | None,
     criterion: str,
     thresholds: Sequence[float | int],
     regression_threshold: float | None = None,
@@ -219,7 +244,7 @@ def sweep_thresholds(
     """One row per threshold (or patience): the task's metrics and cost had the model run with that policy.
 
     Each row: ``criterion``, ``threshold`` (``patience`` for the patience criterion), ``metrics`` (all of the task's
-    GLUE metrics), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
+    GLUE metrics; accuracy or MSE without a task, see :func:`compute_metrics`), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
     the examples' unpadded lengths), ``flops_speedup`` (FLOPs of running every layer / ``avg_flops``),
     ``avg_exit_layer``, ``layer_speedup`` (``num_hidden_layers / avg_exit_layer``), ``exit_histogram``
     ({layer: count}).
@@ -231,6 +256,42 @@ def sweep_thresholds(
     return [
         _evaluate_policy(preds, config, task, criterion, value, table, regression_threshold) for value in thresholds
     ]
+
+
+def evaluate_exit_logits(
+    preds: ExitPredictions,
+    task: str | None = None,
+    policies: Mapping[str, tuple[str, float | None, int | None]] | None = None,
+    config: CostEffConfig | None = None,
+) -> dict[str, float]:
+    """Flat metrics of already-collected exit logits (e.g. gathered by ``Trainer.evaluation_loop``), for a log.
+
+    ``policies``: ``{name: (criterion, threshold, patience)}``, the model's ``exit_*`` arguments. Returns
+    ``exit{L}_{m}`` for every exit layer ``L`` and metric ``m``, ``mean_exit_{m}`` (the mean over exits), and per
+    policy ``{name}_{m}``, ``{name}_avg_flops``, ``{name}_flops_speedup``, ``{name}_avg_exit_layer``,
+    ``{name}_layer_speedup`` and ``{name}_exit_fraction_L{L}`` (the share of examples leaving at layer ``L``).
+    """
+    config = _config_of(preds, config)
+    flat: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for row in per_exit_metrics(preds, task, config):
+        for name, value in row.items():
+            if name != "exit_layer":
+                flat[f"exit{row['exit_layer']}_{name}"] = float(value)
+                sums[name] = sums.get(name, 0.0) + float(value)
+    flat.update({f"mean_exit_{name}": total / config.num_exits for name, total in sums.items()})
+    table = _FlopsTable(config, preds.lengths)
+    for name, (criterion, threshold, patience) in (policies or {}).items():
+        if criterion == "patience":
+            row = _evaluate_policy(preds, config, task, criterion, patience, table, threshold)
+        else:
+            row = _evaluate_policy(preds, config, task, criterion, threshold, table, None)
+        flat.update({f"{name}_{m}": float(v) for m, v in row["metrics"].items()})
+        for key in ("avg_flops", "flops_speedup", "avg_exit_layer", "layer_speedup"):
+            flat[f"{name}_{key}"] = float(row[key])
+        for layer, count in row["exit_histogram"].items():
+            flat[f"{name}_exit_fraction_L{layer}"] = count / preds.logits.shape[0]
+    return flat
 
 
 def default_thresholds(preds: ExitPredictions, criterion: str, num: int = 60) -> list[float | int]:
@@ -385,9 +446,13 @@ __all__ = [
     "ExitPredictions",
     "calibrate_threshold",
     "collect_exit_logits",
+    "compute_metrics",
     "default_thresholds",
+    "evaluate_exit_logits",
+    "logits_to_predictions",
     "make_batches",
     "measure_latency",
     "simulate_early_exit",
+    "per_exit_metrics",
     "sweep_thresholds",
 ]

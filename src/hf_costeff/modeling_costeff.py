@@ -8,7 +8,9 @@ It travels alone to the Hub (``trust_remote_code``), so it imports only torch, t
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -287,6 +289,26 @@ class CostEffPreTrainedModel(PreTrainedModel):
             check_costeff_checkpoint(config_dict, pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained`` that never writes an ``auto_map`` without the code it points to.
+
+        A configuration loaded from a Hub-ready folder keeps its ``auto_map``, but transformers copies the code files
+        only for classes registered with ``register_for_auto_class``; any save of such a model (``Trainer.save_model``,
+        checkpoints) would write a folder that ``trust_remote_code=True`` cannot load. The two files are copied here
+        whenever the saved config.json has an ``auto_map``.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        config_path = os.path.join(save_directory, "config.json")
+        if not os.path.isfile(config_path):  # not the main process of a distributed save
+            return
+        with open(config_path, encoding="utf-8") as f:
+            if not json.load(f).get("auto_map"):
+                return
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("configuration_costeff.py", "modeling_costeff.py"):
+            if not os.path.isfile(os.path.join(save_directory, name)):
+                shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, name))
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -321,39 +343,126 @@ class CostEffSequenceClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+# Keyword arguments forward passes on to the attention backend (transformers' FlashAttentionKwargs); any other
+# keyword is refused rather than swallowed by **kwargs.
+_ATTENTION_KWARGS = frozenset({"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"})
+
+
+def _is_tracing() -> bool:
+    """True under torch.compile / torch.export / ONNX export / jit tracing, where tensor *values* are not known."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """Refuse keywords the model would otherwise ignore silently (a misspelled argument, attentions it cannot give)."""
+    for name, value in kwargs.items():
+        if name == "output_attentions":
+            if value:
+                raise ValueError(
+                    "output_attentions=True is not supported: CostEff layers do not return attention weights"
+                )
+        elif name not in _ATTENTION_KWARGS:
+            raise TypeError(f"forward() got an unexpected keyword argument {name!r}")
+
+
 def _check_inputs(
     config: CostEffConfig,
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> None:
-    """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer."""
+    """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer.
+
+    Shapes and dtypes are checked always (static under tracing: no graph break). Values (id ranges, a 0/1 mask) are
+    checked in eager mode only, with one host sync for all of them; under torch.compile / export the caller's edge
+    (pipeline, CLI, data collator) is responsible for them.
+    """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-    tokens = input_ids if input_ids is not None else inputs_embeds
-    if tokens.dim() != (2 if input_ids is not None else 3):
-        raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {tuple(tokens.shape)}")
-    batch_size, seq_length = tokens.shape[:2]
+    if input_ids is not None:
+        _check_ids("input_ids", input_ids)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {tuple(input_ids.shape)}")
+        batch_size, seq_length = input_ids.shape
+    else:
+        if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a floating-point tensor, got {_describe(inputs_embeds)}")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be (batch_size, sequence_length, hidden_size={config.hidden_size}), "
+                f"got shape {tuple(inputs_embeds.shape)}"
+            )
+        batch_size, seq_length = inputs_embeds.shape[:2]
     if batch_size == 0 or seq_length == 0:
-        raise ValueError(f"Empty input: got batch of shape {tuple(tokens.shape[:2])}")
+        raise ValueError(f"Empty input: got batch of shape {(batch_size, seq_length)}")
     if seq_length > config.max_position_embeddings:
         raise ValueError(
             f"Sequence length {seq_length} exceeds max_position_embeddings={config.max_position_embeddings}; "
             "truncate the input (tokenizer(..., truncation=True))"
         )
-    if input_ids is not None:
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]"
-            )
+    for name, ids in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+        if ids is not None:
+            _check_ids(name, ids)
+            if ids.dim() != 2 or ids.shape[1] != seq_length or ids.shape[0] not in (1, batch_size):
+                raise ValueError(f"{name} shape {tuple(ids.shape)} does not match the input {(batch_size, seq_length)}")
     if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_complex():
+            raise TypeError(f"attention_mask must be a tensor of 0s and 1s, got {_describe(attention_mask)}")
         if tuple(attention_mask.shape) != (batch_size, seq_length):
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match the input {(batch_size, seq_length)}"
             )
-        if not bool((attention_mask != 0).any(dim=1).all()):
-            raise ValueError("attention_mask masks every token of at least one example (an empty input)")
+    if not _is_tracing():
+        _check_input_values(config, input_ids, attention_mask, token_type_ids, position_ids)
+
+
+def _describe(value) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def _check_ids(name: str, ids) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {_describe(ids)}")
+
+
+def _check_input_values(
+    config: CostEffConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+) -> None:
+    """Every value check at the cost of one host sync; the message is built only when one fails."""
+    bounded = [
+        (name, ids, bound)
+        for name, ids, bound in (
+            ("input_ids", input_ids, config.vocab_size),
+            ("token_type_ids", token_type_ids, config.type_vocab_size),
+            ("position_ids", position_ids, config.max_position_embeddings),
+        )
+        if ids is not None
+    ]
+    failures = [((ids < 0) | (ids >= bound)).any() for _, ids, bound in bounded]
+    if attention_mask is not None:
+        failures.append(((attention_mask != 0) & (attention_mask != 1)).any())
+        failures.append(~(attention_mask != 0).any(dim=1).all())
+    if not failures or not bool(torch.stack([f.cpu() for f in failures]).any()):
+        return
+    for name, ids, bound in bounded:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= bound:
+            field = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size"}.get(
+                name, "max_position_embeddings"
+            )
+            raise ValueError(f"{name} must lie in [0, {field}={bound}), got values in [{low}, {high}]")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError(
+            "attention_mask must hold only 0 (padding) and 1 (real token), got values "
+            f"{attention_mask.unique()[:8].tolist()}"
+        )
+    raise ValueError("attention_mask masks every token of at least one example (an empty input)")
 
 
 class CostEffModel(CostEffPreTrainedModel):
@@ -388,7 +497,8 @@ class CostEffModel(CostEffPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutput | tuple:
         """Runs every layer. Returns ``last_hidden_state`` ``(batch, seq, hidden)`` and optionally all hidden states."""
-        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        _check_kwargs(kwargs)
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         mask = self.attention_mask_for(hidden_states, attention_mask)
         all_hidden = [hidden_states]
@@ -463,7 +573,8 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             exit_criterion / exit_threshold / exit_patience (*optional*): override the configuration's exit policy for
                 this call only, e.g. to sweep thresholds on one loaded model.
         """
-        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        _check_kwargs(kwargs)
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         criterion, threshold, patience = self._exit_policy(exit_criterion, exit_threshold, exit_patience)
         hidden_states = self.costeff.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         if self.training or criterion == "none":
@@ -574,7 +685,9 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
         if self.config.problem_type == "multi_label_classification":
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= self.num_labels:
+        if labels.dtype.is_floating_point or (
+            not _is_tracing() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels)
+        ):
             raise ValueError(
                 f"labels must be class ids in [0, num_labels={self.num_labels}), got dtype {labels.dtype} "
                 f"and values in [{labels.min().item()}, {labels.max().item()}]"
@@ -638,6 +751,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "to
 
 def check_costeff_checkpoint(config_dict: dict, name: str | os.PathLike) -> None:
     """Raise a ``ValueError`` unless ``config_dict`` (a checkpoint's config.json) describes a CostEff model."""
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"config.json of {str(name)!r} must hold a JSON object, got a {type(config_dict).__name__}")
     model_type = config_dict.get("model_type")
     if model_type != "costeff":
         raise ValueError(
@@ -652,6 +767,8 @@ def exit_confident(logits: torch.Tensor, criterion: str, threshold: float) -> to
     ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``. ``patience`` is decided from consecutive agreeing exits,
     not from one exit's logits, so it is handled by the caller.
     """
+    if criterion not in ("entropy", "confidence"):
+        raise ValueError(f"exit_confident decides 'entropy' or 'confidence', got exit_criterion={criterion!r}")
     log_probs = F.log_softmax(logits.float(), dim=-1)
     if criterion == "entropy":
         # -sum p log p from log-probabilities: finite even where p underflows to 0 (a NaN in the reference code).

@@ -27,14 +27,24 @@ TASK = "costeff-text-classification"
 
 
 def _texts(inputs: Any) -> list[str]:
-    """Every text of one pipeline input (a string, a ``{"text", "text_pair"}`` dict or a legacy ``[[a, b]]`` pair)."""
+    """Every text of one pipeline input (a string or a ``{"text", "text_pair"}`` dict)."""
     if isinstance(inputs, str):
         return [inputs]
     if isinstance(inputs, dict):
         return [v for k, v in inputs.items() if k in ("text", "text_pair")]
-    if isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], list):
-        return list(inputs[0])
     return []
+
+
+def _as_pairs(inputs: Any) -> Any:
+    """``[[a, b], ...]`` (a batch of sentence pairs, as GLUE's pair tasks give them) as the dicts transformers 5
+    accepts; any other input unchanged."""
+    if (
+        isinstance(inputs, list)
+        and inputs
+        and all(isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x) for x in inputs)
+    ):
+        return [{"text": a, "text_pair": b} for a, b in inputs]
+    return inputs
 
 
 def summarize_results(results: Sequence[Any]) -> dict[str, float]:
@@ -97,7 +107,12 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         return preprocess, forward, postprocess
 
     def __call__(self, inputs: Any, **kwargs: Any):
-        results = super().__call__(inputs, **kwargs)
+        """Classify a string, a ``{"text", "text_pair"}`` dict, or a list of either (or of ``[text, text_pair]``
+        pairs). An empty list gives an empty list."""
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            self.last_call_stats = None
+            return []
+        results = super().__call__(_as_pairs(inputs), **kwargs)
         flat = [results] if isinstance(results, dict) else results
         self.last_call_stats = summarize_results(flat) if flat else None
         return results
@@ -114,8 +129,9 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         for text in texts:
             if not isinstance(text, str):
                 raise ValueError(f"Inputs must be strings, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError("empty text: every input must contain at least one non-space character")
+            # Control characters and the like tokenize to nothing: the model would classify [CLS] [SEP] alone.
+            if not text.strip() or not self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"empty text: every input must contain at least one token, got {text!r}")
         max_length = tokenizer_kwargs.pop("max_length", None) or self._max_length()
         full = super().preprocess(inputs, **tokenizer_kwargs)
         length = full["input_ids"].shape[-1]

@@ -1,4 +1,5 @@
-"""Training CostEff models with ``transformers.Trainer``: every exit, distillation, in-training slenderization."""
+"""Training CostEff models with ``transformers.Trainer``: every exit, distillation, in-training slenderization, on
+one process or many (DDP)."""
 
 from .distillation import (
     build_hidden_projections,
@@ -8,7 +9,6 @@ from .distillation import (
     masked_hidden_mse,
     prediction_distillation_loss,
 )
-from .metrics import early_exit_metrics, logits_to_predictions, make_metric_fn, per_exit_metrics
 from .pruning_callback import SlenderizeCallback
 from .trainer import MultiExitTrainer
 
@@ -16,13 +16,9 @@ __all__ = [
     "MultiExitTrainer",
     "SlenderizeCallback",
     "build_hidden_projections",
-    "early_exit_metrics",
     "hard_label_loss",
     "hidden_distillation_loss",
     "layer_mapping",
-    "logits_to_predictions",
-    "make_metric_fn",
     "masked_hidden_mse",
-    "per_exit_metrics",
     "prediction_distillation_loss",
 ]

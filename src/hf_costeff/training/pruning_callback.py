@@ -1,9 +1,14 @@
 """``SlenderizeCallback``: iterative structured pruning inside one ``Trainer.train()`` run (COST-EFF's stage 2).
 
-At each scheduled optimizer step the callback computes head/neuron importance on a few training batches (every exit's
-loss, soft labels from the trainer's teacher), prunes the model in place to widths interpolated linearly from the
-unpruned widths towards the target, optionally factorizes the word embedding at the last event, then rebuilds the
-trainer's optimizer and LR scheduler (the old ones hold the replaced Parameters).
+The callback holds the schedule and the recipe of an event; ``MultiExitTrainer`` owns it (it finds it among its
+``callbacks`` and runs each event right after its optimizer step, then rebuilds what pruning made stale: optimizer,
+LR scheduler and the distributed wrapper). The dependency runs one way: the trainer calls the callback, the callback
+never touches the trainer.
+
+An event (:meth:`SlenderizeCallback.prune`) scores heads and FFN neurons on a few training batches (every exit's loss,
+soft labels from the teacher), sums the scores over all processes, prunes the model in place to widths interpolated
+linearly from the unpruned widths towards the target, and optionally factorizes the word embedding at the last event.
+Under ``torchrun`` / ``accelerate launch`` every process therefore keeps exactly the same units.
 
 The schedule is a pure function of ``(global_step, max_steps)`` and of the configuration's *unpruned* widths
 (``num_attention_heads``, ``intermediate_size``), so a run resumed from a checkpoint continues it without saved state.
@@ -12,20 +17,16 @@ The schedule is a pure function of ``(global_step, max_steps)`` and of the confi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import torch
+from accelerate.utils import broadcast, reduce
+from torch import nn
 from transformers import TrainerCallback
 
 from ..cost import count_parameters
 
 logger = logging.getLogger(__name__)
-
-
-def _per_layer(value: int | Sequence[int], num_layers: int, name: str) -> list[int]:
-    values = [value] * num_layers if isinstance(value, int) else list(value)
-    if len(values) != num_layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        raise ValueError(f"{name} must be an int >= 0 or {num_layers} of them, got {value!r}")
-    return values
 
 
 def _interpolate(start: int, end: int, k: int, total: int) -> int:
@@ -34,7 +35,11 @@ def _interpolate(start: int, end: int, k: int, total: int) -> int:
 
 
 class SlenderizeCallback(TrainerCallback):
-    """Prune a CostEff model during training on a schedule; use with ``MultiExitTrainer`` (it binds itself).
+    """Prune a CostEff model during training on a schedule: pass it in ``MultiExitTrainer(callbacks=[...])``.
+
+    The trainer runs each event right after its optimizer step (:meth:`prune`), before any other callback sees the
+    step, and then rebuilds its optimizer, LR scheduler and distributed wrapper. A plain ``Trainer`` cannot (it does
+    not know what pruning makes stale): the callback then raises at the first event instead of silently not pruning.
 
     Args:
         pruning_config: ``hf_costeff.slenderize.PruningConfig`` holding the *final* target: ``heads_per_layer`` /
@@ -90,13 +95,7 @@ class SlenderizeCallback(TrainerCallback):
         self.exit_weighting = exit_weighting
         self.temperature = temperature
         self.factorize_embedding = factorize_embedding
-        self.trainer = None
         self.history: list[dict] = []
-
-    def bind_trainer(self, trainer) -> None:
-        """Called by ``MultiExitTrainer``: the callback needs the trainer to rebuild its optimizer and scheduler."""
-        self.trainer = trainer
-        trainer._slenderize_callback = self
 
     # ---- schedule ----
 
@@ -117,6 +116,11 @@ class SlenderizeCallback(TrainerCallback):
             )
         return steps
 
+    def event_at(self, global_step: int, max_steps: int) -> int | None:
+        """The 1-based event that fires after optimizer step ``global_step``, or ``None``."""
+        steps = self.event_steps(max_steps)
+        return steps.index(global_step) + 1 if global_step in steps else None
+
     def last_event_step(self, global_step: int, max_steps: int) -> int:
         """Step of the latest event at or before ``global_step`` (0 if none): where the LR schedule restarted."""
         done = [s for s in self.event_steps(max_steps) if s <= global_step]
@@ -124,27 +128,21 @@ class SlenderizeCallback(TrainerCallback):
 
     def widths_at(self, config, event: int, importance):
         """Per-layer ``(heads, ffn)`` after event ``event`` (1-based) of ``self.num_events``."""
-        from ..slenderize import PruningConfig, plan_widths  # noqa: PLC0415
+        from ..slenderize import PruningConfig, plan_widths, unpruned_config  # noqa: PLC0415
 
         pc = self.pruning_config
         layers = config.num_hidden_layers
         current_heads, current_ffn = list(config.layer_num_heads), list(config.layer_intermediate_sizes)
         if pc.encoder_keep_fraction is not None:
-            full = count_parameters(_unpruned(config))["encoder"]
+            full = count_parameters(unpruned_config(config))["encoder"]
             target = full * (1.0 - (1.0 - pc.encoder_keep_fraction) * event / self.num_events)
             # PruningConfig.encoder_keep_fraction is relative to the unpruned encoder, as the interpolation is.
             fraction = min(1.0, target / full)
             plan = PruningConfig(encoder_keep_fraction=fraction, keep_min_heads=pc.keep_min_heads)
             heads, ffn = plan_widths(config, importance, plan)
         else:
-            heads_target = _per_layer(
-                pc.heads_per_layer if pc.heads_per_layer is not None else config.num_attention_heads,
-                layers,
-                "heads_per_layer",
-            )
-            ffn_target = _per_layer(
-                pc.ffn_per_layer if pc.ffn_per_layer is not None else config.intermediate_size, layers, "ffn_per_layer"
-            )
+            heads_target = pc.per_layer("heads_per_layer", layers) or [config.num_attention_heads] * layers
+            ffn_target = pc.per_layer("ffn_per_layer", layers) or [config.intermediate_size] * layers
             heads = [_interpolate(config.num_attention_heads, t, event, self.num_events) for t in heads_target]
             ffn = [_interpolate(config.intermediate_size, t, event, self.num_events) for t in ffn_target]
             heads, ffn = plan_widths(
@@ -161,8 +159,6 @@ class SlenderizeCallback(TrainerCallback):
     # ---- events ----
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.trainer is None:
-            raise ValueError("SlenderizeCallback needs a MultiExitTrainer (pass it in callbacks=[...])")
         steps = self.event_steps(state.max_steps)
         if any(s <= state.global_step for s in steps):
             logger.info(
@@ -171,27 +167,48 @@ class SlenderizeCallback(TrainerCallback):
                 [s for s in steps if s <= state.global_step],
             )
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        steps = self.event_steps(state.max_steps)
-        if state.global_step not in steps:
-            return control
-        self.prune(event=steps.index(state.global_step) + 1, step=state.global_step)
+    def on_step_end(self, args, state, control, **kwargs):
+        # MultiExitTrainer runs the event before any callback sees the step; a plain Trainer never does.
+        if self.event_at(state.global_step, state.max_steps) is not None and not any(
+            record["step"] == state.global_step for record in self.history
+        ):
+            raise ValueError("SlenderizeCallback prunes inside hf_costeff.training.MultiExitTrainer only")
         return control
 
-    def prune(self, event: int, step: int) -> dict:
-        """Run event ``event``: importance, interpolated widths, pruning, embedding factorization, new optimizer."""
-        from ..slenderize import compute_importance, factorize_embeddings, prune_model  # noqa: PLC0415
+    def prune(
+        self,
+        model: nn.Module,
+        calibration_batches: Iterable[Mapping[str, torch.Tensor]],
+        event: int,
+        step: int,
+        teacher: nn.Module | None = None,
+    ) -> dict:
+        """Run event ``event`` on ``model`` in place: importance, interpolated widths, pruning, embedding SVD.
 
-        trainer = self.trainer
-        model = trainer.model
+        Every process of a distributed run must call it (it communicates): the head and neuron scores of each
+        process's ``calibration_batches`` are summed over processes before the widths are planned, so all processes
+        keep the same units; the factorized embedding is the main process's, broadcast. Single-process runs skip both.
+        Returns the event's record (also appended to ``history``). The caller rebuilds the optimizer.
+        """
+        from ..slenderize import Importance, compute_importance, factorize_embeddings, prune_model  # noqa: PLC0415
+
         before = count_parameters(model.config)
-        importance = compute_importance(
+        local = compute_importance(
             model,
-            _take(trainer.get_train_dataloader(), self.calibration_batches),
+            calibration_batches,
             exit_weighting=self.exit_weighting,
-            teacher=trainer.teacher,
+            teacher=teacher,
             temperature=self.temperature,
             max_batches=self.calibration_batches,
+        )
+        layers = len(local.heads)
+        device = next(model.parameters()).device  # NCCL reduces device tensors only
+        summed = _sum_over_processes([*local.heads, *local.neurons, torch.tensor([float(local.num_batches)])], device)
+        importance = Importance(
+            summed[:layers],
+            summed[layers : 2 * layers],
+            num_batches=int(summed[-1].item()),
+            exit_weighting=local.exit_weighting,
         )
         heads, ffn = self.widths_at(model.config, event, importance)
         prune_model(model, importance, heads, ffn)
@@ -201,10 +218,10 @@ class SlenderizeCallback(TrainerCallback):
             if model.config.embedding_rank is None or model.config.embedding_rank > rank:
                 record["embedding_error"] = factorize_embeddings(model, rank)
                 record["embedding_rank"] = rank
-        # compute_importance left gradients on the surviving Parameters; the next step must not add them.
+                _broadcast_embedding_factors(model)
+        # compute_importance left no gradient on the Parameters, but the prune replaced many of them: start clean.
         model.zero_grad(set_to_none=True)
         model.train()
-        trainer.rebuild_optimizer_and_scheduler()
         after = count_parameters(model.config)
         record["encoder_params"] = after["encoder"]
         record["total_params"] = after["total"]
@@ -219,33 +236,27 @@ class SlenderizeCallback(TrainerCallback):
             heads,
             ffn,
         )
-        # Not trainer.log(): logging from on_step_end would reset control.should_log and drop the step's loss log.
-        trainer.pending_logs.update(
-            {
-                "prune_event": float(event),
-                "encoder_params": float(after["encoder"]),
-                "total_params": float(after["total"]),
-            }
-        )
         return record
 
 
-def _unpruned(config):
-    """A copy of ``config`` with every layer at the unpruned widths (for the full model's parameter count)."""
-    full = config.__class__.from_dict(config.to_dict())
-    full.layer_num_heads = [config.num_attention_heads] * config.num_hidden_layers
-    full.layer_intermediate_sizes = [config.intermediate_size] * config.num_hidden_layers
-    return full
+def _sum_over_processes(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Element-wise sums over all processes (one all-reduce), made bit-identical everywhere.
+
+    The planner ranks units by these scores, so every process must see the same bits; an all-reduce need not return
+    bit-identical sums on every rank, so the main process's sums are broadcast. Single process: the tensors as given.
+    """
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([t.reshape(-1).float() for t in tensors]).to(device)
+    flat = broadcast(reduce(flat, reduction="sum"), from_process=0).cpu()
+    return list(torch.split(flat, sizes))
 
 
-def _take(iterable, n: int):
-    """The first ``n`` items of ``iterable`` as a list (a few calibration batches)."""
-    out = []
-    for item in iterable:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
+@torch.no_grad()
+def _broadcast_embedding_factors(model: nn.Module) -> None:
+    """Every process computed the SVD from the same weights; keep the main process's factors, bit for bit."""
+    embeddings = getattr(model, "costeff", model).embeddings
+    for module in (embeddings.word_embeddings, embeddings.word_embeddings_proj):
+        module.weight.copy_(broadcast(module.weight.detach().clone(), from_process=0))
 
 
 __all__ = ["SlenderizeCallback"]

@@ -1,23 +1,27 @@
 """``MultiExitTrainer``: a ``transformers.Trainer`` that trains every exit of a CostEff model, optionally distils a
-teacher into it (predictions per exit and hidden states per layer), evaluates every exit and the early-exit policy,
-and survives in-training slenderization (``SlenderizeCallback``) and resumption from pruned checkpoints.
+teacher into it (predictions per exit and hidden states per layer), evaluates every exit and any early-exit policy
+from one gathered pass (``hf_costeff.evaluation``), runs in-training slenderization (``SlenderizeCallback``) and
+resumes from pruned checkpoints, on one process or many (``torchrun`` / ``accelerate launch``, DDP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
+from accelerate.utils import reduce
 from torch import nn
-from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint, speed_metrics
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import speed_metrics
 
+from ..checkpoints import last_complete_checkpoint
 from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS
+from ..evaluation import ExitPredictions, evaluate_exit_logits
 from ..modeling_costeff import CostEffForSequenceClassification
 from .distillation import (
     PRED_KD_LOSSES,
@@ -26,7 +30,7 @@ from .distillation import (
     hidden_distillation_loss,
     prediction_distillation_loss,
 )
-from .metrics import early_exit_metrics, make_metric_fn, per_exit_metrics
+from .pruning_callback import SlenderizeCallback
 
 PROJECTIONS_NAME = "distill_projections.pt"
 _SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_labels") + COSTEFF_ARCHITECTURE_FIELDS
@@ -88,8 +92,11 @@ class MultiExitTrainer(Trainer):
         task_name: GLUE task whose metric ``evaluate`` reports per exit (``hf_costeff.data.compute_glue_metrics``);
             ``None``: accuracy (MSE for regression).
         eval_exit_criterion, eval_exit_thresholds, eval_exit_patience: the early-exit policies ``evaluate`` measures
-            in addition to every exit (one run per threshold). With no threshold and a model whose configured
-            criterion is not ``"none"``, the configured policy is measured.
+            in addition to every exit, each simulated from one pass (for ``"patience"`` the thresholds are patience
+            values, or ``eval_exit_patience``). With none given and a model whose configured criterion is not
+            ``"none"``, the configured policy is measured.
+        callbacks: ``Trainer``'s; a ``SlenderizeCallback`` among them (at most one) is owned by the trainer, which
+            runs its pruning events (:meth:`apply_pruning_schedule`). Refused under FSDP and DeepSpeed.
         All other arguments are ``Trainer``'s.
     """
 
@@ -161,17 +168,35 @@ class MultiExitTrainer(Trainer):
                     self.hidden_projections.to(self.args.device)
         self._loss_parts: dict[str, float] = {}
         self._loss_parts_count = 0
-        self.pending_logs: dict[str, float] = {}  # merged into the next training log (pruning events)
-        self._slenderize_callback = None
+        self._event_logs: dict[str, float] = {}  # merged into the next training log (pruning events)
+        self.slenderize_callback: SlenderizeCallback | None = None
         for callback in self.callback_handler.callbacks:
-            if hasattr(callback, "bind_trainer"):
-                callback.bind_trainer(self)
+            if isinstance(callback, SlenderizeCallback):
+                self._own_schedule(callback)
+        # First in the list: the pruned model is what every other callback, the log, the evaluation and the
+        # checkpoint of that step see.
+        self.callback_handler.callbacks.insert(0, _AfterOptimizerStep(self))
 
     def add_callback(self, callback) -> None:
         super().add_callback(callback)
-        for cb in self.callback_handler.callbacks:
-            if hasattr(cb, "bind_trainer") and getattr(cb, "trainer", None) is None:
-                cb.bind_trainer(self)
+        if isinstance(callback, SlenderizeCallback):
+            self._own_schedule(callback)
+
+    def _own_schedule(self, callback: SlenderizeCallback) -> None:
+        if self.slenderize_callback is not None and self.slenderize_callback is not callback:
+            raise ValueError("MultiExitTrainer takes at most one SlenderizeCallback")
+        # Sharded engines own the Parameters (FSDP flattens them, DeepSpeed partitions them and its optimizer state):
+        # slicing them in place mid-run would leave the engine with stale shards, silently wrong. Refused, not faked.
+        # The engine (accelerate launch --use_fsdp / --use_deepspeed) or the arguments (--fsdp / --deepspeed) ask for it.
+        fsdp = self.is_fsdp_enabled or bool(self.args.fsdp)
+        if fsdp or self.is_deepspeed_enabled or self.args.deepspeed:
+            engine = "FSDP" if fsdp else "DeepSpeed"
+            raise ValueError(
+                f"SlenderizeCallback (in-training pruning) does not run under {engine}: train with DDP "
+                "(torchrun / accelerate launch without fsdp/deepspeed), or prune before or after the sharded run "
+                "(hf_costeff.slenderize); see docs/distributed.md"
+            )
+        self.slenderize_callback = callback
 
     # ---- loss ----
 
@@ -244,14 +269,17 @@ class MultiExitTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term since the last training log (``loss_hard``, ``loss_pred_kd``...)."""
+        """Adds the mean of each loss term since the last training log (``loss_hard``, ``loss_pred_kd``...), averaged
+        over processes as ``Trainer`` averages ``loss``."""
         if "loss" in logs and self._loss_parts_count:
-            for name, total in self._loss_parts.items():
-                logs[name] = round(total / self._loss_parts_count, 4)
+            names = sorted(self._loss_parts)
+            means = torch.tensor([self._loss_parts[n] / self._loss_parts_count for n in names], device=self.args.device)
+            for name, value in zip(names, reduce(means, reduction="mean").tolist(), strict=True):
+                logs[name] = round(value, 4)
             self._loss_parts, self._loss_parts_count = {}, 0
-        if "loss" in logs and self.pending_logs:
-            logs.update(self.pending_logs)
-            self.pending_logs = {}
+        if "loss" in logs and self._event_logs:
+            logs.update(self._event_logs)
+            self._event_logs = {}
         super().log(logs, start_time)
 
     # ---- optimizer / scheduler: projections and in-training pruning ----
@@ -271,26 +299,84 @@ class MultiExitTrainer(Trainer):
         COST-EFF restarts warmup/decay after each prune. On resume the same offset is recomputed from the schedule.
         """
         offset = 0
-        if self._slenderize_callback is not None:
-            offset = self._slenderize_callback.last_event_step(self.state.global_step, num_training_steps)
+        if self.slenderize_callback is not None:
+            offset = self.slenderize_callback.last_event_step(self.state.global_step, num_training_steps)
         return super().create_scheduler(max(1, num_training_steps - offset), optimizer)
 
-    def rebuild_optimizer_and_scheduler(self) -> None:
-        """New optimizer and LR scheduler over the model's current Parameters (after pruning replaced them).
+    # ---- in-training pruning ----
 
-        Trainer's loop reads ``self.optimizer`` / ``self.lr_scheduler`` at every step, so replacing them here takes
-        effect at the next step. The optimizer is wrapped by accelerate as Trainer does at the start of training.
+    def apply_pruning_schedule(self) -> dict | None:
+        """Run the pruning event scheduled at the current optimizer step, if any; the trainer calls it right after
+        each optimizer step (with gradient accumulation: once per optimizer step, never per micro-batch).
+
+        Every process scores heads and neurons on its own ``calibration_batches`` training batches; the scores are
+        summed over processes, so all prune the same units (``SlenderizeCallback.prune``). Then the trainer rebuilds
+        what the prune made stale: the optimizer and the LR scheduler (they hold replaced Parameters) and the
+        distributed wrapper (DDP registered the old Parameters for gradient averaging). Returns the event's record.
         """
-        old = self.optimizer
-        self.optimizer, self.lr_scheduler = None, None
+        schedule = self.slenderize_callback
+        if schedule is None:
+            return None
+        event = schedule.event_at(self.state.global_step, self.state.max_steps)
+        if event is None:
+            return None
+        batches = _take(self.get_train_dataloader(), schedule.calibration_batches)
+        record = schedule.prune(self.model, batches, event=event, step=self.state.global_step, teacher=self.teacher)
+        self._prepare_pruned_model()
+        # Not self.log(): logging from inside the step would reset control.should_log and drop the step's loss log.
+        self._event_logs.update(
+            {
+                "prune_event": float(event),
+                "encoder_params": float(record["encoder_params"]),
+                "total_params": float(record["total_params"]),
+            }
+        )
+        return record
+
+    def _prepare_pruned_model(self) -> None:
+        """New optimizer, LR scheduler and distributed wrapper over the model's current Parameters.
+
+        As ``Trainer`` prepares them at the start of training: ``accelerator.prepare(model, optimizer)`` (a new DDP
+        wrapper, which registers the new Parameters for gradient averaging), then ``create_scheduler``. The scheduler
+        is not passed to ``prepare``, as ``Trainer`` does not either: accelerate's wrapper would step it once per
+        process. ``accelerator.free_memory()`` (public, "between two trainings with different models/optimizers")
+        first drops accelerate's references to the stale wrapper and optimizer; accelerate has no call to forget
+        one object. Trainer's loop reads ``self.optimizer`` / ``self.lr_scheduler`` at every step, and
+        :meth:`training_step` switches to ``self.model_wrapped``, so all take effect at the next micro-batch.
+        """
         canonicalize_parameter_order(self.model)
+        self.optimizer, self.lr_scheduler = None, None
+        self.accelerator.free_memory()
         self.create_optimizer()
-        self.optimizer = self.accelerator.prepare_optimizer(self.optimizer)
-        if old is not None and old in self.accelerator._optimizers:
-            self.accelerator._optimizers.remove(old)  # drop the stale wrapper (and its state) from accelerate
+        self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.create_scheduler(num_training_steps=self.state.max_steps, optimizer=self.optimizer)
-        self.callback_handler.optimizer = self.optimizer
-        self.callback_handler.lr_scheduler = self.lr_scheduler
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(self.callback_handler, attr, getattr(self, attr))
+
+    def training_step(self, model: nn.Module, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """``Trainer.training_step`` on the current distributed wrapper, and hidden-KD projections averaged over
+        processes at each optimizer step (they are the trainer's, outside the DDP-wrapped model).
+
+        Trainer's loop holds the wrapper it built at the start of training in a local variable: after a pruning
+        event that one still holds the replaced Parameters, so the wrapper rebuilt by the event is used instead, with
+        the loop's gradient-accumulation rule (no gradient sync before the last micro-batch of a step).
+        """
+        if model is not self.model_wrapped:
+            model = self.model_wrapped
+            sync = contextlib.nullcontext() if self.accelerator.sync_gradients else self.accelerator.no_sync(model)
+        else:
+            sync = contextlib.nullcontext()
+        with sync:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if (
+            self.hidden_projections is not None
+            and self.accelerator.num_processes > 1
+            and self.accelerator.sync_gradients
+        ):
+            for param in self.hidden_projections.parameters():
+                if param.grad is not None:
+                    param.grad.copy_(reduce(param.grad, reduction="mean"))
+        return loss
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
@@ -301,17 +387,19 @@ class MultiExitTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         path = os.path.join(checkpoint, PROJECTIONS_NAME) if checkpoint else None
         if self.hidden_projections is not None and path and os.path.isfile(path):
-            self.hidden_projections.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+            # load_state_dict copies into the projections where they live; "cpu" because a gloo process's device
+            # reads "cpu:0", which torch.load cannot map to.
+            self.hidden_projections.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     # ---- resume from a checkpoint with other shapes ----
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; when resuming, first rebuilds the model with the checkpoint's shapes (a checkpoint
         written after a pruning event is smaller than the model this trainer was built with)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is True:  # the newest *complete* one: a killed save leaves a half-written folder
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.match_checkpoint_shapes(str(resume_from_checkpoint))
         return super().train(
@@ -331,20 +419,62 @@ class MultiExitTrainer(Trainer):
         if all(getattr(config, f, None) == getattr(current, f, None) for f in _SHAPE_FIELDS):
             return False
         reference = next(self.model.parameters())
-        config._attn_implementation = current._attn_implementation
-        model = type(self.model)(config).to(device=reference.device, dtype=reference.dtype)
+        # The trainer's model configuration (attention implementation and all) at the checkpoint's shapes.
+        shaped = copy.deepcopy(current)
+        for name in _SHAPE_FIELDS:
+            setattr(shaped, name, copy.deepcopy(getattr(config, name, None)))
+        model = type(self.model)(shaped).to(device=reference.device, dtype=reference.dtype)
         self.model = self.model_wrapped = model
         self.callback_handler.model = model
         self.optimizer, self.lr_scheduler = None, None
         return True
 
-    # ---- evaluation: every exit + early exit ----
+    # ---- evaluation: every exit + early exit, from one gathered pass ----
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Every exit's logits ``(batch, exits, labels)`` and the unpadded lengths ``(batch,)``, for
+        ``evaluation_loop`` to gather across processes. No loss: :meth:`evaluate` computes it from the gathered
+        logits, exactly over the eval set (the loop's per-batch means would weigh the padded last batch wrong)."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            out = model(**model_inputs, exit_criterion="none")
+        mask = model_inputs.get("attention_mask")
+        ids = model_inputs["input_ids"]
+        lengths = (mask != 0).sum(-1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
+        return None, (out.all_exit_logits.float(), lengths.to(out.all_exit_logits.device)), labels
+
+    def collect_exit_logits(self, eval_dataset=None) -> ExitPredictions:
+        """Every exit's logits, labels and lengths on ``eval_dataset`` (default: the trainer's), from ONE run of
+        ``Trainer.evaluation_loop``: gathered over all processes with ``gather_for_metrics`` (each example once, in
+        dataset order), so every process gets the whole eval set. The distributed counterpart of
+        ``hf_costeff.evaluation.collect_exit_logits``; hand the result to ``hf_costeff.evaluation``."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("collect_exit_logits needs an eval_dataset (argument or the trainer's)")
+        output = self.evaluation_loop(
+            self.get_eval_dataloader(dataset), description="Evaluation", prediction_loss_only=False
+        )
+        if output.label_ids is None:
+            raise ValueError("the eval dataset has no labels: MultiExitTrainer evaluates labelled sets")
+        logits, lengths = output.predictions
+        return ExitPredictions(
+            torch.as_tensor(logits),
+            torch.as_tensor(output.label_ids),
+            torch.as_tensor(lengths).long(),
+            self.model.config,
+        )
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Metrics of every exit (criterion ``"none"``) and of each configured early-exit policy, logged and returned
-        with ``metric_key_prefix``: ``eval_loss``, ``eval_exit{L}_{metric}``, ``eval_mean_exit_{metric}``, and per
-        policy ``eval_{criterion}_{threshold}_{metric|avg_flops|flops_ratio|avg_exit_layer|layer_speedup|
-        exit_fraction_L{L}}``."""
+        """Metrics of every exit and of each configured early-exit policy, logged and returned with
+        ``metric_key_prefix``: ``eval_loss``, ``eval_exit{L}_{metric}``, ``eval_mean_exit_{metric}``, and per policy
+        ``eval_{criterion}_{threshold}_{metric|avg_flops|flops_speedup|avg_exit_layer|layer_speedup|
+        exit_fraction_L{L}}`` (the names of ``hf_costeff.evaluation.sweep_thresholds``).
+
+        The model runs once (every exit, :meth:`collect_exit_logits`); each policy is simulated from those logits,
+        which gives the same exits and predictions as running it (tested in tests/test_evaluation.py). Every process
+        computes the same numbers over the whole eval set."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
@@ -352,53 +482,16 @@ class MultiExitTrainer(Trainer):
                 metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
         start = time.time()
-        dataloader = self.get_eval_dataloader(dataset)
-        model = self.model
-        config = model.config
-        was_training = model.training
-        model.eval()
-        metric_fn = make_metric_fn(self.task_name, config.num_labels)
-        policies = self._eval_policies()
-        exit_logits, labels, losses, lengths = [], [], [], []
-        early = {name: ([], []) for name, _ in policies}
-        try:
-            with torch.no_grad():
-                for batch in dataloader:
-                    batch = self._prepare_inputs(batch)
-                    out = model(**batch, exit_criterion="none")
-                    exit_logits.append(out.all_exit_logits.float().cpu().numpy())
-                    labels.append(batch["labels"].cpu().numpy())
-                    losses.append(float(out.loss) * len(batch["labels"]))
-                    mask = batch.get("attention_mask")
-                    lengths.append(
-                        (mask != 0).sum(-1).cpu().numpy()
-                        if mask is not None
-                        else np.full(len(batch["labels"]), batch["input_ids"].shape[1])
-                    )
-                    inputs = {k: v for k, v in batch.items() if k != "labels"}
-                    for name, policy in policies:
-                        ee = model(**inputs, **policy)
-                        early[name][0].append(ee.logits.float().cpu().numpy())
-                        early[name][1].append(ee.exit_layer.cpu().numpy())
-        finally:
-            model.train(was_training)
-        labels_np = np.concatenate(labels)
-        lengths_np = np.concatenate(lengths)
-        metrics = {"loss": sum(losses) / len(labels_np)}
-        metrics.update(per_exit_metrics(np.concatenate(exit_logits), labels_np, config.exit_layers, metric_fn))
-        for name, (logits, exit_layer) in early.items():
-            metrics.update(
-                early_exit_metrics(
-                    config,
-                    np.concatenate(logits),
-                    np.concatenate(exit_layer),
-                    lengths_np,
-                    labels_np,
-                    metric_fn,
-                    prefix=f"{name}_",
-                )
-            )
-        metrics.update(speed_metrics("x", start, num_samples=len(labels_np)))
+        preds = self.collect_exit_logits(dataset)
+        config = self.model.config
+        weights = list(config.exit_loss_weights or [1.0] * config.num_exits)
+        loss = sum(
+            w * float(hard_label_loss(preds.logits[:, k], preds.labels, config.num_labels))
+            for k, w in enumerate(weights)
+            if w
+        )
+        metrics = {"loss": loss, **evaluate_exit_logits(preds, self.task_name, self._eval_policies(), config)}
+        metrics.update(speed_metrics("x", start, num_samples=len(preds.labels)))
         metrics = {
             (f"{metric_key_prefix}_{k[2:]}" if k.startswith("x_") else f"{metric_key_prefix}_{k}"): v
             for k, v in metrics.items()
@@ -407,29 +500,52 @@ class MultiExitTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def _eval_policies(self) -> list[tuple[str, dict]]:
+    def _eval_policies(self) -> dict[str, tuple[str, float | None, int | None]]:
+        """``{name: (criterion, threshold, patience)}`` of each early-exit policy to measure: the trainer's
+        ``eval_exit_criterion`` at each of ``eval_exit_thresholds`` (patience values for ``"patience"``, or
+        ``eval_exit_patience``), else the model's configured policy, else none. Names: ``{criterion}_{value:g}``."""
         config = self.model.config
+        criterion = self.eval_exit_criterion
+        if criterion == "patience":
+            values = [int(v) for v in self.eval_exit_thresholds] or (
+                [self.eval_exit_patience] if self.eval_exit_patience else []
+            )
+            return {f"patience_{p}": ("patience", config.exit_threshold, p) for p in values}
         if self.eval_exit_thresholds:
-            criterion = self.eval_exit_criterion
-            patience = self.eval_exit_patience if self.eval_exit_patience is not None else config.exit_patience
-            return [
-                (f"{criterion}_{t:g}", {"exit_criterion": criterion, "exit_threshold": t, "exit_patience": patience})
-                for t in self.eval_exit_thresholds
-            ]
+            return {f"{criterion}_{t:g}": (criterion, t, None) for t in self.eval_exit_thresholds}
+        if config.exit_criterion == "patience":
+            return {f"patience_{config.exit_patience}": ("patience", config.exit_threshold, config.exit_patience)}
         if config.exit_criterion != "none":
-            c = config.exit_criterion
-            value = config.exit_patience if c == "patience" else config.exit_threshold
-            return [
-                (
-                    f"{c}_{value:g}",
-                    {
-                        "exit_criterion": c,
-                        "exit_threshold": config.exit_threshold,
-                        "exit_patience": config.exit_patience,
-                    },
+            return {
+                f"{config.exit_criterion}_{config.exit_threshold:g}": (
+                    config.exit_criterion,
+                    config.exit_threshold,
+                    None,
                 )
-            ]
-        return []
+            }
+        return {}
+
+
+class _AfterOptimizerStep(TrainerCallback):
+    """Runs the trainer's pruning schedule right after each optimizer step. ``Trainer`` offers no overridable method
+    at that point of its loop, so the trainer registers this, first in its callback list."""
+
+    def __init__(self, trainer: MultiExitTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.apply_pruning_schedule()
+        return control
+
+
+def _take(iterable, n: int) -> list:
+    """The first ``n`` items of ``iterable`` (a few calibration batches)."""
+    out = []
+    for item in iterable:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
 
 
 __all__ = ["MultiExitTrainer", "PROJECTIONS_NAME"]
