@@ -371,11 +371,15 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
     return {"repo_id": args.repo_id, "commit": getattr(commit, "commit_url", str(commit))}
 
 
+def check_export_onnx(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_output_dir("output_dir", args.output_dir)
+    _check_positive(args, "opset")
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
     from .serving.onnx import export_onnx  # noqa: PLC0415
 
-    if not (Path(args.model_dir) / "config.json").is_file():
-        raise ValueError(f"MODEL {args.model_dir!r} is not a CostEff model folder (no config.json)")
     manifest = export_onnx(
         args.model_dir,
         args.output_dir,
@@ -471,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no_validate", action="store_true", help="skip comparing each float32 segment with PyTorch in ONNX Runtime"
     )
-    p.set_defaults(func=cmd_export_onnx)
+    p.set_defaults(func=cmd_export_onnx, check=check_export_onnx)
     return parser
 
 
