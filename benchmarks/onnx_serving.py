@@ -306,7 +306,7 @@ def main() -> None:
             "batch1_runs_ms": latency[name],
             "average_flops": flops_of(name, slice(None)),
             "average_flops_timed_examples": flops_of(name, slice(0, num_timed)),
-            "mean_exit_layer": float(exits[name].mean()) if exits[name] is not None else None,
+            "avg_exit_layer": float(exits[name].mean()) if exits[name] is not None else None,
         }
     agree = {
         name: float((predictions[name] == predictions["costeff_pytorch"]).mean())
@@ -398,7 +398,7 @@ def main() -> None:
     print(f"\nSST-2 dev ({len(sentences)} sentences), {args.threads} thread(s), load {load_start[0]:.1f}")
     print(f"{'variant':<18} {'accuracy':>8} {'b32 sent/s':>11} {'b1 ms':>8} {'MFLOPs':>8} {'exit':>5}")
     for name, row in variants.items():
-        exit_text = f"{row['mean_exit_layer']:.2f}" if row["mean_exit_layer"] is not None else "-"
+        exit_text = f"{row['avg_exit_layer']:.2f}" if row["avg_exit_layer"] is not None else "-"
         print(
             f"{name:<18} {row['accuracy']:8.4f} {row['batch32_sentences_per_second']:11.1f} "
             f"{row['batch1_median_ms']:8.2f} {row['average_flops'] / 1e6:8.1f} {exit_text:>5}"

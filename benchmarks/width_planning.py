@@ -33,7 +33,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_costeff import CostEffForSequenceClassification, count_parameters
 from hf_costeff.data import compute_glue_metrics, load_glue, tokenize_glue
 from hf_costeff.slenderize import PruningConfig, compute_importance, plan_widths, prune_model
-from hf_costeff.slenderize.model import head_cost, neuron_cost
+from hf_costeff.slenderize.plan import head_cost, neuron_cost
 from hf_costeff.training import MultiExitTrainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -224,21 +224,15 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
-    from .cost import count_parameters  # noqa: PLC0415
+    from .cost import count_parameters, summary  # noqa: PLC0415
     from .serving.hub import save_pretrained_atomic  # noqa: PLC0415
-    from .slenderize import (  # noqa: PLC0415
-        PruningConfig,
-        compute_importance,
-        factorize_embeddings,
-        plan_widths,
-        prune_model,
-        summary,
-    )
+    from .slenderize import PruningConfig, apply_pruning_config, compute_importance  # noqa: PLC0415
 
+    pruning_config = PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction, embedding_rank=args.embedding_rank)
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
-    before = model.config.to_dict()
+    before = model.config.__class__.from_dict(model.config.to_dict())
     loader = _dataloader(
         tokenizer,
         args.task,
@@ -254,100 +248,46 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
         exit_weighting=args.exit_weighting,
         max_batches=args.max_batches,
     )
-    heads, ffn = plan_widths(model.config, importance, PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction))
-    prune_model(model, importance, heads, ffn)
-    error = factorize_embeddings(model, args.embedding_rank) if args.embedding_rank else None
+    applied = apply_pruning_config(model, importance, pruning_config)
     save_pretrained_atomic(model, args.output_dir, tokenizer=tokenizer)
-    from .configuration_costeff import CostEffConfig  # noqa: PLC0415
-
+    pruning_config.save_pretrained(args.output_dir)  # what the artifact was slenderized to, beside it
     if not args.quiet:
-        print(summary(CostEffConfig.from_dict(before), model.config), file=sys.stderr)
+        print(summary(before, model.config), file=sys.stderr)
     return {
         "output_dir": str(args.output_dir),
-        "layer_num_heads": heads,
-        "layer_intermediate_sizes": ffn,
-        "embedding_error": error,
+        **applied,
         "parameters": count_parameters(model.config),
     }
 
 
-def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, Any]:
-    """One pass over ``loader``: logits ``(N, C)``, exit layers ``(N,)``, unpadded lengths ``(N,)``, labels ``(N,)`` and,
-    with criterion ``"none"``, every exit's logits ``(N, E, C)``."""
-    import torch  # noqa: PLC0415
-
-    out: dict[str, list[torch.Tensor]] = {"logits": [], "exit_layer": [], "lengths": [], "labels": [], "all": []}
-    for batch in _tqdm(loader, desc=desc, disable=quiet, leave=False):
-        labels = batch.pop("labels")
-        with torch.no_grad():
-            result = model(**batch, **exit_kwargs)
-        out["logits"].append(result.logits)
-        out["exit_layer"].append(result.exit_layer)
-        out["lengths"].append(batch["attention_mask"].sum(-1))
-        out["labels"].append(labels)
-        if result.all_exit_logits is not None:
-            out["all"].append(result.all_exit_logits)
-    return {k: torch.cat(v) for k, v in out.items() if v}
-
-
-def _predictions(logits) -> list:
-    return logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
-
-
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .configuration_costeff import validate_exit_policy  # noqa: PLC0415
-    from .cost import average_flops  # noqa: PLC0415
-    from .data import compute_glue_metrics  # noqa: PLC0415
+    from .evaluation import collect_exit_logits, evaluate_policy, per_exit_metrics, sweep_thresholds  # noqa: PLC0415
 
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
-    model.eval()
     config = model.config
     _check_task_matches_model(args.task, config)
+    patience = args.patience or config.exit_patience
     for threshold in args.thresholds:  # refuse a bad sweep before any data is read
-        validate_exit_policy(
-            args.criterion, threshold, args.patience or config.exit_patience, config.num_exits, config.num_labels
-        )
+        validate_exit_policy(args.criterion, threshold, patience, config.num_exits, config.num_labels)
     loader = _dataloader(
         tokenizer, args.task, args.glue_dir, "validation", args.batch_size, args.max_length, args.max_examples
     )
-    full = _run(model, loader, args.quiet, "all exits", exit_criterion="none")
-    references = full["labels"].tolist()
-    lengths = full["lengths"].tolist()
-    full_flops = average_flops(config, [config.num_hidden_layers] * len(lengths), lengths)
-    per_exit = [
-        {"exit_layer": layer, **compute_glue_metrics(args.task, _predictions(full["all"][:, k]), references)}
-        for k, layer in enumerate(config.exit_layers)
-    ]
-    sweep = []
-    for threshold in _tqdm(args.thresholds, desc="thresholds", disable=args.quiet):
-        run = _run(
-            model,
-            loader,
-            True,
-            f"threshold {threshold}",
-            exit_criterion=args.criterion,
-            exit_threshold=threshold,
-            exit_patience=args.patience,
-        )
-        flops = average_flops(config, run["exit_layer"].tolist(), run["lengths"].tolist())
-        sweep.append(
-            {
-                "threshold": threshold,
-                **compute_glue_metrics(args.task, _predictions(run["logits"]), run["labels"].tolist()),
-                "average_flops": flops,
-                "flops_ratio": flops / full_flops,
-                "mean_exit_layer": run["exit_layer"].float().mean().item(),
-            }
-        )
+    # One pass records every exit's logits; each threshold's early exit is then simulated with the model's own rule.
+    preds = collect_exit_logits(model, _tqdm(loader, desc="exit logits", disable=args.quiet, leave=False))
+    if args.criterion == "patience":  # the thresholds are the regression agreement thresholds at a fixed patience
+        sweep = [evaluate_policy(preds, config, args.task, "patience", patience, t) for t in args.thresholds]
+    else:
+        sweep = sweep_thresholds(preds, config, args.task, args.criterion, args.thresholds)
     result = {
         "model_dir": str(args.model_dir),
         "task": args.task,
         "criterion": args.criterion,
-        "num_examples": len(references),
-        "full_depth_average_flops": full_flops,
-        "per_exit": per_exit,
+        "num_examples": len(preds.labels),
+        "full": evaluate_policy(preds, config, args.task, "none", None),
+        "per_exit": per_exit_metrics(preds, args.task, config),
         "sweep": sweep,
     }
     if args.output:
@@ -462,12 +402,7 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
             card["per_exit_accuracy"] = [row["accuracy"] for row in report["per_exit"]]
         rows = [r for r in report.get("sweep", []) if r["threshold"] == model.config.exit_threshold]
         if rows:
-            metrics = {
-                k: v
-                for k, v in rows[0].items()
-                if k not in ("threshold", "average_flops", "flops_ratio", "mean_exit_layer")
-            }
-            card.update(eval_results=metrics, average_flops=rows[0]["average_flops"])
+            card.update(eval_results=rows[0]["metrics"], average_flops=rows[0]["avg_flops"])
     commit = push_costeff_to_hub(model, args.repo_id, tokenizer, private=args.private or None, token=args.token, **card)
     return {"repo_id": args.repo_id, "commit": getattr(commit, "commit_url", str(commit))}
 

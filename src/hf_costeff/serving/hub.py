@@ -29,7 +29,13 @@ from transformers import PreTrainedModel
 
 from ..checkpoints import is_complete_model_folder
 from ..configuration_costeff import CostEffConfig
-from ..modeling_costeff import _HUB_KWARGS, CostEffForSequenceClassification, CostEffModel, check_costeff_checkpoint
+from ..modeling_costeff import (
+    _HUB_KWARGS,
+    NO_SPLIT_MODULES,
+    CostEffForSequenceClassification,
+    CostEffModel,
+    check_costeff_checkpoint,
+)
 
 #: ``auto_map`` written into config.json: class paths relative to the code files saved beside the weights.
 AUTO_MAP: dict[str, str] = {
@@ -39,7 +45,6 @@ AUTO_MAP: dict[str, str] = {
 }
 
 # Files a remote-code CostEff repo must hold (README.md is added by push_costeff_to_hub).
-REQUIRED_FILES = ("config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py")
 
 
 def _check_costeff(model: Any) -> None:
@@ -314,7 +319,7 @@ def costeff_device_map(
     """
     from accelerate import infer_auto_device_map  # noqa: PLC0415  (accelerate is optional for plain use)
 
-    no_split = kwargs.pop("no_split_module_classes", None) or model._no_split_modules
+    no_split = kwargs.pop("no_split_module_classes", None) or NO_SPLIT_MODULES
     device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, **kwargs)
     placed = {k: v for k, v in device_map.items() if k != "exits" and not k.startswith("exits.")}
     for k, layer in enumerate(model.config.exit_layers):
@@ -382,7 +387,6 @@ def load_folder_tokenizer(folder: str | os.PathLike) -> Any:
 
 __all__ = [
     "AUTO_MAP",
-    "REQUIRED_FILES",
     "costeff_device_map",
     "load_costeff",
     "load_folder_tokenizer",

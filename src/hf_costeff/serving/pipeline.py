@@ -1,12 +1,12 @@
 """Early-exit text classification pipeline: the stock ``text-classification`` output plus, for each input, the layer
-it left at and the FLOPs it saved.
+it left at and its FLOPs.
 
 ``import hf_costeff.serving`` registers it as the task ``"costeff-text-classification"``:
 
 >>> clf = pipeline("costeff-text-classification", model=model, tokenizer=tokenizer)
 >>> clf(["great film", "dull"], exit_criterion="entropy", exit_threshold=0.2, batch_size=8)
-[{'label': 'LABEL_1', 'score': 0.93, 'exit_layer': 2, 'flops_saved': 0.61, 'flops': ..., 'full_flops': ...}, ...]
->>> clf.last_call_stats   # {'num_inputs': 2, 'mean_exit_layer': ..., 'flops_saved': ..., 'average_flops': ...}
+[{'label': 'LABEL_1', 'score': 0.93, 'exit_layer': 2, 'flops': ..., 'full_flops': ..., 'flops_speedup': 2.6}, ...]
+>>> clf.last_call_stats   # {'num_inputs': 2, 'avg_exit_layer': ..., 'avg_flops': ..., 'flops_speedup': ...}
 """
 
 from __future__ import annotations
@@ -48,17 +48,18 @@ def _as_pairs(inputs: Any) -> Any:
 
 
 def summarize_results(results: Sequence[Any]) -> dict[str, float]:
-    """Aggregate the per-input outputs of one call: mean exit layer and the FLOPs saved over the whole call
-    (``1 - sum(flops) / sum(full_flops)``, i.e. weighted by each input's length)."""
+    """Aggregate the per-input outputs of one call, under ``hf_costeff.evaluation``'s names: ``avg_exit_layer``,
+    ``avg_flops`` and ``flops_speedup`` over the whole call (``sum(full_flops) / sum(flops)``, i.e. weighted by each
+    input's length)."""
     rows = [r[0] if isinstance(r, list) else r for r in results]
     if not rows:
         raise ValueError("summarize_results needs at least one result")
     flops, full = sum(r["flops"] for r in rows), sum(r["full_flops"] for r in rows)
     return {
         "num_inputs": len(rows),
-        "mean_exit_layer": sum(r["exit_layer"] for r in rows) / len(rows),
-        "average_flops": flops / len(rows),
-        "flops_saved": 1.0 - flops / full,
+        "avg_exit_layer": sum(r["exit_layer"] for r in rows) / len(rows),
+        "avg_flops": flops / len(rows),
+        "flops_speedup": full / flops,
     }
 
 
@@ -70,7 +71,7 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
     inputs longer than the model accepts are cut with a warning; ``False`` refuses them with a ``ValueError``).
 
     Each result dict gains ``exit_layer`` (1-based), ``flops`` and ``full_flops`` (FLOPs of this input's forward with
-    its unpadded length, see ``hf_costeff.cost.forward_flops``) and ``flops_saved = 1 - flops / full_flops``.
+    its unpadded length, see ``hf_costeff.cost.forward_flops``) and ``flops_speedup = full_flops / flops``.
     After a call, ``last_call_stats`` holds :func:`summarize_results` of it.
     """
 
@@ -163,7 +164,7 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         length = int(model_outputs["seq_length"].reshape(-1)[0])
         config = self.model.config
         flops, full = forward_flops(config, length, exit_layer), forward_flops(config, length)
-        extra = {"exit_layer": exit_layer, "flops": flops, "full_flops": full, "flops_saved": 1.0 - flops / full}
+        extra = {"exit_layer": exit_layer, "flops": flops, "full_flops": full, "flops_speedup": full / flops}
         for row in result if isinstance(result, list) else [result]:
             row.update(extra)
         return result
