@@ -153,7 +153,8 @@ def example_run(work: Path, bert: str, glue_dir: str) -> dict:
             if writes and out in path.parents:
                 written.add(str(path.relative_to(out)))
         elif event in ("os.rename", "os.replace", "os.mkdir") and isinstance(event_args[0], (str, os.PathLike)):
-            path = Path(os.fsdecode(event_args[-1] if event != "os.mkdir" else event_args[0])).resolve()
+            # os.rename/os.replace audit (src, dst, src_dir_fd, dst_dir_fd): the destination is the second argument.
+            path = Path(os.fsdecode(event_args[1] if event != "os.mkdir" else event_args[0])).resolve()
             if out in path.parents or path == out:
                 written.add(str(path.relative_to(out)) if path != out else ".")
 

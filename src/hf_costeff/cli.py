@@ -206,10 +206,11 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
             if detected
             else "BERT's [CLS] pooling (no sentence-transformers pooling config found)"
         )
-        print(f"hf-costeff convert: exit_pooling={overrides['exit_pooling']}: {reason}", file=sys.stderr)
     with _tqdm(total=2, desc="convert", disable=args.quiet) as bar:
         model = CostEffForSequenceClassification.from_bert(args.bert, **overrides)
         bar.update()
+        if args.exit_pooling is None:  # said once the checkpoint loaded: a bad path gets one error line only
+            print(f"hf-costeff convert: exit_pooling={overrides['exit_pooling']}: {reason}", file=sys.stderr)
         try:
             tokenizer = AutoTokenizer.from_pretrained(args.bert)
         except (OSError, ValueError):  # a weights-only folder: the model is still usable with its own tokenizer

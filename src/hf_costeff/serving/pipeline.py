@@ -131,7 +131,7 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
             if not isinstance(text, str):
                 raise ValueError(f"Inputs must be strings, got {type(text).__name__}")
             # Control characters and the like tokenize to nothing: the model would classify [CLS] [SEP] alone.
-            if not text.strip() or not self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+            if not text.strip() or not self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]:
                 raise ValueError(f"empty text: every input must contain at least one token, got {text!r}")
         max_length = tokenizer_kwargs.pop("max_length", None) or self._max_length()
         # verbose=False: the tokenizer's own "sequence length is longer than ..." warning would precede ours.
