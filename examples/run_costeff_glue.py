@@ -668,8 +668,11 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Calibrating the exit threshold on %d held-out training rows", len(student_data["calibration"]))
     calibrate_exit_policy(trainer, student_data, cargs, results)  # every process: it gathers the calibration rows
     results_path = Path(targs.output_dir) / "all_results.json"
-    # Every process holds the same model and results; one times the models, writes them and prints the summary.
+    results["task_name"] = cargs.task_name
+    # Every process holds the same model and results (its return value); one times the models, writes the results
+    # with that process's timings, machine and date, and prints the summary.
     if trainer.is_world_process_zero():
+        report = dict(results)
         measure_speed(
             teacher,
             trainer.model,
@@ -677,15 +680,14 @@ def main(argv: list[str] | None = None) -> dict:
             student_data["validation"],
             cargs,
             targs.per_device_eval_batch_size,
-            results,
+            report,
         )
-        save_final_model(trainer.model, trainer.processing_class, final, cargs, results, teacher.config)
-        results["wall_seconds"] = time.time() - started
-        results["machine"] = machine_description()
-        results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        results["task_name"] = cargs.task_name
-        results_path.write_text(json.dumps(results, indent=2, default=float))
-        print_summary(results, cargs, thresholds, final, results_path)
+        save_final_model(trainer.model, trainer.processing_class, final, cargs, report, teacher.config)
+        report["wall_seconds"] = time.time() - started
+        report["machine"] = machine_description()
+        report["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        results_path.write_text(json.dumps(report, indent=2, default=float))
+        print_summary(report, cargs, thresholds, final, results_path)
     trainer.accelerator.wait_for_everyone()  # the others return once final/ is complete
     return results
 
