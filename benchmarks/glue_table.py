@@ -681,15 +681,23 @@ class TaskRun:
         if self.cache.done(key):
             return key
         if self.args.no_train or stage_group not in self.args.stages:
-            self.pending[name] = "not built yet" + (
-                " (a checkpoint exists)" if self.cache.work_dir(key).exists() else ""
-            )
+            self.pending[name] = "not built yet" + self.progress(key)
             return None
         log.info("[%s] %s: building %s", self.task, name, key)
         set_seed(self.args.seed)
         meta = self.cache.build(key, lambda out: build(self.cache.work_dir(key), out), parents)
         log.info("[%s] %s done in %.0f s", self.task, name, meta["wall_seconds"])
         return key
+
+    def progress(self, key: str) -> str:
+        """``" (checkpointed at step N of M)"`` for a stage whose training stopped or still runs, else ``""``."""
+        work = self.cache.work_dir(key)
+        for folder in (work, work / "trainer"):
+            last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+            if last is not None and (Path(last) / "trainer_state.json").exists():
+                state = json.loads((Path(last) / "trainer_state.json").read_text())
+                return f" (checkpointed at step {state['global_step']} of {state['max_steps']})"
+        return ""
 
     def load(self, key: str):
         path = self.cache.path(key)
@@ -1239,7 +1247,7 @@ def plot(task: str, result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.scatter([1.0], [t["score"]], marker="*", s=200, c="k", label="teacher", zorder=5)
     for m in result["models"]:
-        color = colors[m["kind"]]
+        color = "tab:gray" if m["name"] == "costeff_ta" else colors[m["kind"]]
         if m["sweep"]:
             pts = sorted((t["avg_flops"] / f, s) for f, s in m["sweep"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5, lw=1)
