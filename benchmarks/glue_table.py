@@ -841,7 +841,7 @@ class TaskRun:
             rank, cap = fit_rank(model.config, budget, self.teacher_params(teacher_key))
             rank = rank if recipe.factorize else None
             heads, ffn = (budget.heads, budget.ffn) if recipe.prune_width else (None, None)
-            pruning = PruningConfig(heads_per_layer=heads, ffn_per_layer=ffn, embedding_rank=rank)
+            pruning = PruningConfig(layer_num_heads=heads, layer_intermediate_sizes=ffn, embedding_rank=rank)
             removed = model.config.num_attention_heads - budget.heads if recipe.prune_width else 1
             events = 1 if recipe.one_shot else self.num_events(removed, settings["epochs"], tokenizer)
             callback = SlenderizeCallback(

@@ -4,7 +4,8 @@ Variants (all on the same tokenized dev set, same thread count):
   (a) ``teacher_pytorch``: the fine-tuned ``BertForSequenceClassification``;
   (b) ``teacher_ort``: the same teacher exported the way a user would (``torch.onnx.export`` of the whole model, the
       default dynamo exporter; optimum's ONNX Runtime part does not support transformers 5, see docs/serve.md), run by
-      an ``onnxruntime.InferenceSession``;
+      an ``onnxruntime.InferenceSession``; ``teacher_ort_int8``: that graph with dynamic int8 quantization (the
+      baseline of the int8 student);
   (c) ``costeff_pytorch``: the CostEff student with its configured exit policy (batched early exit);
   (d) ``costeff_ort_fp32`` / ``costeff_ort_int8``: the student exported with ``hf_costeff.serving.export_onnx``
       (float32, and dynamic int8) and run by ``ORTCostEffForSequenceClassification`` with the same policy.
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -58,11 +60,10 @@ def session_options(threads: int, profile_prefix: str | None = None) -> ort.Sess
     return options
 
 
-def export_teacher(teacher, folder: Path) -> Path:
+def export_teacher(teacher, path: Path) -> None:
     """What a user does with a transformers classifier: export the whole model with dynamic batch and length."""
     from torch.export import Dim  # noqa: PLC0415
 
-    path = folder / "teacher.onnx"
     example = {k: torch.ones(2, 8, dtype=torch.long) for k in ("input_ids", "token_type_ids", "attention_mask")}
     axes = {0: Dim("batch"), 1: Dim("sequence", max=teacher.config.max_position_embeddings)}
     torch.onnx.export(
@@ -75,7 +76,6 @@ def export_teacher(teacher, folder: Path) -> Path:
         dynamic_shapes={k: axes for k in example},
         dynamo=True,
     )
-    return path
 
 
 class TeacherORT:
@@ -89,7 +89,7 @@ class TeacherORT:
         return {"logits": self.session.run(None, {k: batch[k] for k in self.inputs})[0]}
 
 
-def make_runners(teacher, teacher_session, student, ort_students) -> dict:
+def make_runners(teacher, teacher_sessions, student, ort_students) -> dict:
     """Each variant as ``batch (numpy dict) -> (logits, exit_layer or None)``: torch inputs built outside the timer."""
 
     def torch_runner(model, early_exit: bool):
@@ -100,11 +100,10 @@ def make_runners(teacher, teacher_session, student, ort_students) -> dict:
 
         return run
 
-    runners = {
-        "teacher_pytorch": torch_runner(teacher, False),
-        "teacher_ort": lambda batch: (teacher_session(batch["numpy"])["logits"], None),
-        "costeff_pytorch": torch_runner(student, True),
-    }
+    runners = {"teacher_pytorch": torch_runner(teacher, False)}
+    for name, session in teacher_sessions.items():
+        runners[name] = lambda batch, session=session: (session(batch["numpy"])["logits"], None)
+    runners["costeff_pytorch"] = torch_runner(student, True)
     for name, model in ort_students.items():
         runners[name] = lambda batch, model=model: (lambda out: (out.logits, out.exit_layer))(model(**batch["numpy"]))
     return runners
@@ -237,11 +236,21 @@ def main() -> None:
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="onnx_serving_"))
     work.mkdir(parents=True, exist_ok=True)
-    export_seconds = {}
-    with tqdm(total=3, desc="export") as bar:
+    export_seconds = {}  # None: reused from an earlier run's --work_dir
+    teacher_path, teacher_int8_path = work / "teacher.onnx", work / "teacher_int8.onnx"
+    with tqdm(total=4, desc="export") as bar:
         t0 = time.perf_counter()
-        teacher_path = export_teacher(teacher, work)
+        if not teacher_path.exists():
+            export_teacher(teacher, teacher_path)
         export_seconds["teacher_ort"] = time.perf_counter() - t0
+        bar.update()
+        t0 = time.perf_counter()
+        if not teacher_int8_path.exists():
+            # The int8 baseline for the int8 student: the same dynamic quantization of every matrix product.
+            quantize_dynamic(
+                teacher_path, teacher_int8_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            )
+        export_seconds["teacher_ort_int8"] = time.perf_counter() - t0
         bar.update()
         for quantize in (None, "int8"):
             name = f"costeff_ort_{quantize or 'fp32'}"
@@ -255,7 +264,11 @@ def main() -> None:
         name: ORTCostEffForSequenceClassification.from_pretrained(work / name, session_options=options)
         for name in ("costeff_ort_fp32", "costeff_ort_int8")
     }
-    runners = make_runners(teacher, TeacherORT(teacher_path, options), student, ort_students)
+    teacher_sessions = {
+        "teacher_ort": TeacherORT(teacher_path, options),
+        "teacher_ort_int8": TeacherORT(teacher_int8_path, options),
+    }
+    runners = make_runners(teacher, teacher_sessions, student, ort_students)
 
     batches = batches_of(tokenizer, sentences, args.batch_size, args.max_length)
     timed = batches[: -(-args.timing_examples // args.batch_size)]
@@ -293,7 +306,7 @@ def main() -> None:
             "batch1_runs_ms": latency[name],
             "average_flops": flops_of(name, slice(None)),
             "average_flops_timed_examples": flops_of(name, slice(0, num_timed)),
-            "mean_exit_layer": float(exits[name].mean()) if exits[name] is not None else None,
+            "avg_exit_layer": float(exits[name].mean()) if exits[name] is not None else None,
         }
     agree = {
         name: float((predictions[name] == predictions["costeff_pytorch"]).mean())
@@ -322,6 +335,7 @@ def main() -> None:
         )
         ratios[f"{name}_over_teacher_ort_batch32"] = gain
         ratios[f"{name}_gain_over_flops_reduction"] = gain / flops_reduction
+    ratios["costeff_ort_int8_over_teacher_ort_int8_batch32"] = tput("costeff_ort_int8") / tput("teacher_ort_int8")
     ratios["teacher_ort_over_teacher_pytorch_batch32"] = tput("teacher_ort") / tput("teacher_pytorch")
     goals = {
         "ort_fp32_beats_pytorch_student": ratios["costeff_ort_fp32_over_costeff_pytorch_batch32"] > 1,
@@ -384,7 +398,7 @@ def main() -> None:
     print(f"\nSST-2 dev ({len(sentences)} sentences), {args.threads} thread(s), load {load_start[0]:.1f}")
     print(f"{'variant':<18} {'accuracy':>8} {'b32 sent/s':>11} {'b1 ms':>8} {'MFLOPs':>8} {'exit':>5}")
     for name, row in variants.items():
-        exit_text = f"{row['mean_exit_layer']:.2f}" if row["mean_exit_layer"] is not None else "-"
+        exit_text = f"{row['avg_exit_layer']:.2f}" if row["avg_exit_layer"] is not None else "-"
         print(
             f"{name:<18} {row['accuracy']:8.4f} {row['batch32_sentences_per_second']:11.1f} "
             f"{row['batch1_median_ms']:8.2f} {row['average_flops'] / 1e6:8.1f} {exit_text:>5}"

@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     pruning = PruningConfig(
         encoder_keep_fraction=cargs.encoder_keep_fraction,
-        heads_per_layer=cargs.target_heads,
-        ffn_per_layer=cargs.target_ffn,
+        layer_num_heads=cargs.target_heads,
+        layer_intermediate_sizes=cargs.target_ffn,
         embedding_rank=cargs.embedding_rank,
     )
     callback = SlenderizeCallback(

@@ -15,7 +15,9 @@ from hf_costeff.evaluation import (
     calibrate_threshold,
     collect_exit_logits,
     default_thresholds,
+    evaluate_exit_logits,
     measure_latency,
+    per_exit_metrics,
     simulate_early_exit,
     sweep_thresholds,
 )
@@ -193,3 +195,46 @@ def test_measure_latency_runs_the_real_early_exit():
     assert model.training is False
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(model, features, repeats=0)
+
+
+def test_evaluate_exit_logits_from_gathered_arrays_matches_the_sweep():
+    """Logits gathered elsewhere (numpy, as Trainer.evaluation_loop returns them) give the same numbers as the sweep."""
+    model = _random_model(layer_num_heads=[4, 4, 4, 4], layer_intermediate_sizes=[48] * 4)
+    preds = collect_exit_logits(model, _batches())
+    gathered = ExitPredictions(preds.logits.numpy(), preds.labels.numpy(), preds.lengths.numpy(), model.config)
+    threshold = _between_scores(preds, "entropy", 1)[0]
+    flat = evaluate_exit_logits(
+        gathered, policies={"entropy": ("entropy", threshold, None), "patience": ("patience", None, 2)}
+    )
+    (row,) = sweep_thresholds(preds, None, None, "entropy", [threshold])
+    assert flat["entropy_accuracy"] == row["metrics"]["accuracy"] == row["metric"]
+    assert flat["entropy_avg_flops"] == row["avg_flops"] and flat["entropy_flops_speedup"] == row["flops_speedup"]
+    assert flat["entropy_avg_exit_layer"] == row["avg_exit_layer"] and 1 < row["avg_exit_layer"] < 4
+    assert sum(flat[f"entropy_exit_fraction_L{layer}"] for layer in model.config.exit_layers) == pytest.approx(1.0)
+    layers, _ = simulate_early_exit(preds, None, "patience", 2)
+    assert flat["patience_avg_exit_layer"] == pytest.approx(float(layers.float().mean()))
+    per_exit = per_exit_metrics(preds, None)
+    assert [r["exit_layer"] for r in per_exit] == [1, 2, 3, 4]
+    for r in per_exit:
+        assert flat[f"exit{r['exit_layer']}_accuracy"] == r["accuracy"]
+    assert flat["mean_exit_accuracy"] == pytest.approx(sum(r["accuracy"] for r in per_exit) / 4)
+
+
+def test_encoder_exit_hook_drops_rows_like_running_them_alone():
+    """Rows the hook lets go leave the batch; the others end as if they had run alone (padding trimmed)."""
+    model = _random_model(layer_num_heads=[4, 4, 4, 4], layer_intermediate_sizes=[48] * 4)
+    batch = _batches(num_batches=1)[0]
+    leave_after_layer_2 = torch.arange(8) % 3 == 0
+
+    def hook(layer_idx, hidden_states, attention_mask):
+        if layer_idx == 1:
+            return hidden_states, ~leave_after_layer_2
+        return hidden_states, None
+
+    with torch.no_grad():
+        base = model.costeff(batch["input_ids"], batch["attention_mask"], exit_hook=hook)
+        assert base.last_hidden_state.shape[0] == int((~leave_after_layer_2).sum())
+        for row, i in enumerate((~leave_after_layer_2).nonzero().flatten().tolist()):
+            length = int(batch["attention_mask"][i].sum())
+            alone = model.costeff(batch["input_ids"][i : i + 1, :length]).last_hidden_state[0]
+            torch.testing.assert_close(base.last_hidden_state[row, :length], alone, atol=1e-5, rtol=1e-5)

@@ -276,7 +276,7 @@ def test_bad_arguments_name_the_argument(model, exported, ort_model, batch, tmp_
     with pytest.raises(TypeError, match="input_ids"):
         ort_model(input_ids=inputs["input_ids"].astype(np.float32))
     assert main(["export-onnx", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
-    assert "MODEL" in capsys.readouterr().err
+    assert "model_dir" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["export-onnx", str(exported[0]), str(tmp_path / "out"), "--quantize", "int4"])
     assert exit_info.value.code == 2 and "--quantize" in capsys.readouterr().err

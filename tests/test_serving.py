@@ -67,16 +67,17 @@ def test_early_exit_pipeline(model, minilm_tokenizer, batch_size):
         exits.append(exit_layer)
         assert result["exit_layer"] == exit_layer
         assert abs(result["score"] - float(alone.logits.softmax(-1).max())) < 1e-5
-        expected_saved = 1 - forward_flops(model.config, length, exit_layer) / forward_flops(model.config, length)
-        assert result["flops_saved"] == pytest.approx(expected_saved)
+        expected = forward_flops(model.config, length) / forward_flops(model.config, length, exit_layer)
+        assert result["flops_speedup"] == pytest.approx(expected)
     assert len(set(exits)) > 1, f"the test model should exit at several layers, got {exits}"
     stats = clf.last_call_stats
     assert stats == summarize_results(results) and stats["num_inputs"] == len(TEXTS)
-    total = sum(r["flops"] for r in results) / sum(r["full_flops"] for r in results)
-    assert stats["flops_saved"] == pytest.approx(1 - total) and 0 < stats["flops_saved"] < 1
+    total = sum(r["full_flops"] for r in results) / sum(r["flops"] for r in results)
+    assert stats["flops_speedup"] == pytest.approx(total) and stats["flops_speedup"] > 1
     # A per-call threshold changes the exits; threshold 0 means no early exit.
     assert all(
-        r["exit_layer"] == 4 and r["flops_saved"] == 0 for r in clf(TEXTS, exit_criterion="entropy", exit_threshold=0.0)
+        r["exit_layer"] == 4 and r["flops_speedup"] == 1
+        for r in clf(TEXTS, exit_criterion="entropy", exit_threshold=0.0)
     )
     pair = clf({"text": "good", "text_pair": "fine"}, top_k=None)
     assert len(pair) == 3 and all("exit_layer" in row for row in pair)
@@ -187,10 +188,11 @@ def test_cli_convert_and_evaluate(tmp_path, minilm_tokenizer, glue_dir, capsys, 
     assert report["num_examples"] == 24 and [row["exit_layer"] for row in report["per_exit"]] == [2, 4, 6]
     none, all_exit = report["sweep"]
     # Confidence 1.0: nobody exits early (the last exit decides); 0.5: with 2 labels everybody leaves at layer 2.
-    assert none["flops_ratio"] == pytest.approx(1.0) and none["mean_exit_layer"] == 6.0
-    assert none["accuracy"] == pytest.approx(report["per_exit"][-1]["accuracy"])
-    assert all_exit["mean_exit_layer"] == 2.0 and all_exit["flops_ratio"] < 0.5
-    assert all_exit["accuracy"] == pytest.approx(report["per_exit"][0]["accuracy"])
+    assert none["flops_speedup"] == pytest.approx(1.0) and none["avg_exit_layer"] == 6.0
+    assert none["metrics"]["accuracy"] == pytest.approx(report["per_exit"][-1]["accuracy"])
+    assert none["avg_flops"] == pytest.approx(report["full"]["avg_flops"])
+    assert all_exit["avg_exit_layer"] == 2.0 and all_exit["flops_speedup"] > 2
+    assert all_exit["metrics"]["accuracy"] == pytest.approx(report["per_exit"][0]["accuracy"])
 
     assert main(["--quiet", "evaluate", str(out), "--glue_dir", str(glue_dir), "--thresholds", "5"]) == 2
     assert "out of range" in capsys.readouterr().err

@@ -182,7 +182,7 @@ def test_explicit_widths_and_most_important_units_kept():
     neurons = [torch.arange(48, dtype=torch.float32).flip(0)] * 4  # neuron 0 most important
     imp = Importance(heads, neurons)
     value_rows = model.costeff.encoder.layer[2].attention.self.value.weight[24:32].clone()  # head 3
-    plan = plan_widths(model.config, imp, PruningConfig(heads_per_layer=[2, 2, 4, 9], ffn_per_layer=5))
+    plan = plan_widths(model.config, imp, PruningConfig(layer_num_heads=[2, 2, 4, 9], layer_intermediate_sizes=5))
     assert plan == ([2, 2, 4, 4], [5] * 4)  # never widened
     prune_model(model, imp, [2, 2, 2, 2], [5] * 4)
     assert imp.top_heads(2, 2) == [1, 3]
@@ -312,7 +312,7 @@ def test_iterative_pruning_with_training_between_events():
     for heads_target, ffn_target in (([3, 3, 4, 2], 30), ([1, 2, 3, 2], 12)):
         imp = compute_importance(model, batches, max_batches=2)
         heads, ffn = plan_widths(
-            model.config, imp, PruningConfig(heads_per_layer=heads_target, ffn_per_layer=ffn_target)
+            model.config, imp, PruningConfig(layer_num_heads=heads_target, layer_intermediate_sizes=ffn_target)
         )
         prune_model(model, imp, heads, ffn)
         assert (
@@ -339,10 +339,10 @@ def test_iterative_pruning_with_training_between_events():
     [
         ({"encoder_keep_fraction": 1.5}, "encoder_keep_fraction"),
         ({"encoder_keep_fraction": 0.0}, "encoder_keep_fraction"),
-        ({"encoder_keep_fraction": 0.5, "heads_per_layer": 2}, "encoder_keep_fraction"),
-        ({"heads_per_layer": [2, -1]}, "heads_per_layer[1]"),
-        ({"heads_per_layer": 0}, "keep_min_heads"),
-        ({"ffn_per_layer": 2.5}, "ffn_per_layer"),
+        ({"encoder_keep_fraction": 0.5, "layer_num_heads": 2}, "encoder_keep_fraction"),
+        ({"layer_num_heads": [2, -1]}, "layer_num_heads[1]"),
+        ({"layer_num_heads": 0}, "keep_min_heads"),
+        ({"layer_intermediate_sizes": 2.5}, "layer_intermediate_sizes"),
         ({"keep_min_heads": -1}, "keep_min_heads"),
         ({"embedding_rank": 0}, "embedding_rank"),
     ],
@@ -363,9 +363,9 @@ def test_bad_calls_raise_value_errors():
         compute_importance(model, [_inputs(b) for b in _batches()])
     with pytest.raises(ValueError, match="temperature"):
         compute_importance(model, _batches(), temperature=0)
-    with pytest.raises(ValueError, match=r"heads_per_layer\[0\]"):
+    with pytest.raises(ValueError, match=r"layer_num_heads\[0\]"):
         prune_model(model, imp, [5, 4, 4, 4], 48)
-    with pytest.raises(ValueError, match="ffn_per_layer"):
+    with pytest.raises(ValueError, match="layer_intermediate_sizes"):
         prune_model(model, imp, 4, [1, 2])
     with pytest.raises(ValueError, match="needs importance"):
         plan_widths(model.config, None, PruningConfig(encoder_keep_fraction=0.5))
@@ -375,3 +375,20 @@ def test_bad_calls_raise_value_errors():
     for rank in (0, 33, 2.0):
         with pytest.raises(ValueError, match="rank"):
             factorize_embeddings(model, rank)
+
+
+def test_pruning_config_saves_and_loads_beside_the_model(tmp_path):
+    model = CostEffForSequenceClassification(tiny_config()).eval()
+    config = PruningConfig(layer_num_heads=[2, 1, 0, 3], layer_intermediate_sizes=7, keep_min_heads=0, embedding_rank=8)
+    model.save_pretrained(tmp_path)
+    path = config.save_pretrained(tmp_path)
+    assert path.name == "pruning_config.json" and (tmp_path / "config.json").exists()
+    assert PruningConfig.from_pretrained(tmp_path) == config == PruningConfig.from_pretrained(path)
+    # The width fields carry CostEffConfig's names: the plan lands in the model config under the same keys.
+    heads, ffn = plan_widths(model.config, None, config)
+    assert (heads, ffn) == ([2, 1, 0, 3], [7, 7, 7, 0])
+    path.write_text(path.read_text().replace("layer_num_heads", "heads_per_layer"))
+    with pytest.raises(ValueError, match="heads_per_layer"):
+        PruningConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="does not know"):
+        PruningConfig.from_pretrained(tmp_path / "config.json")  # a file that is not a pruning config

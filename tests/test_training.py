@@ -319,7 +319,7 @@ def _prune_callback(**kwargs):
     from hf_costeff.training import SlenderizeCallback
 
     return SlenderizeCallback(
-        PruningConfig(heads_per_layer=2, ffn_per_layer=16, embedding_rank=8),
+        PruningConfig(layer_num_heads=2, layer_intermediate_sizes=16, embedding_rank=8),
         num_events=2,
         prune_fraction=0.5,
         calibration_batches=2,
@@ -431,12 +431,12 @@ def test_slenderize_callback_rejects_bad_schedules(slenderize):
 
     # PruningConfig itself may refuse these first: either way a ValueError.
     with pytest.raises(ValueError):
-        SlenderizeCallback(PruningConfig(heads_per_layer=2, encoder_keep_fraction=0.5))
+        SlenderizeCallback(PruningConfig(layer_num_heads=2, encoder_keep_fraction=0.5))
     with pytest.raises(ValueError):
         SlenderizeCallback(PruningConfig())
     with pytest.raises(ValueError, match="strictly increasing"):
-        SlenderizeCallback(PruningConfig(heads_per_layer=2), prune_steps=[4, 2])
-    callback = SlenderizeCallback(PruningConfig(heads_per_layer=2), num_events=3, prune_fraction=0.5)
+        SlenderizeCallback(PruningConfig(layer_num_heads=2), prune_steps=[4, 2])
+    callback = SlenderizeCallback(PruningConfig(layer_num_heads=2), num_events=3, prune_fraction=0.5)
     assert callback.event_steps(120) == [20, 40, 60]
     assert callback.last_event_step(45, 120) == 40 and callback.last_event_step(10, 120) == 0
     with pytest.raises(ValueError, match="do not fit"):

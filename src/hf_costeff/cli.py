@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,105 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``hf-costeff <command>: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _require(condition: bool, option: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{option} {message}")
+
+
+def _check_writable_file(option: str, path: str | None) -> None:
+    """Refuse an output file that could not be written, before the work that produces it starts."""
+    if path is None:
+        return
+    target = Path(path).absolute()
+    _require(not target.is_dir(), option, f"{path} is a folder, expected a file path")
+    _require(target.parent.is_dir(), option, f"{path}: folder {target.parent} does not exist")
+    _require(os.access(target.parent, os.W_OK), option, f"{path}: folder {target.parent} is not writable")
+
+
+def _check_output_dir(option: str, path: str) -> None:
+    target = Path(path).absolute()
+    _require(not target.exists() or target.is_dir(), option, f"{path} exists and is not a folder")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    _require(os.access(existing, os.W_OK), option, f"{path}: {existing} is not writable")
+
+
+def _check_model_dir(path: str) -> None:
+    _require(Path(path, "config.json").is_file(), "model_dir", f"{path} holds no config.json (not a saved model)")
+
+
+def _check_task(task: str, glue_dir: str | None) -> None:
+    from .data import TASKS  # noqa: PLC0415
+
+    _require(task in TASKS, "--task", f"must be one of {sorted(TASKS)}, got {task!r}")
+    if glue_dir is not None:
+        _require(Path(glue_dir, task).is_dir(), "--glue_dir", f"{glue_dir} has no {task}/ folder of GLUE files")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        _require(value is None or value >= 1, f"--{name}", f"must be >= 1, got {value}")
+
+
+def check_convert(args: argparse.Namespace) -> None:
+    _check_output_dir("output_dir", args.output_dir)
+    _check_positive(args, "num_labels")
+    if args.exit_layers:
+        try:
+            [int(v) for v in args.exit_layers.split(",")]
+        except ValueError:
+            raise ValueError(f"--exit_layers expects comma-separated integers, got {args.exit_layers!r}") from None
+    if args.exit_threshold is not None:
+        _require(math.isfinite(args.exit_threshold), "--exit_threshold", f"must be finite, got {args.exit_threshold}")
+
+
+def check_slenderize(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_output_dir("output_dir", args.output_dir)
+    _check_task(args.task, args.glue_dir)
+    fraction = args.encoder_keep_fraction
+    _require(0.0 < fraction <= 1.0, "--encoder_keep_fraction", f"must lie in (0, 1], got {fraction}")
+    _check_positive(args, "embedding_rank", "batch_size", "max_batches", "max_length")
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_task(args.task, args.glue_dir)
+    _check_writable_file("--output", args.output)
+    _require(bool(args.thresholds), "--thresholds", "must list at least one threshold")
+    _check_positive(args, "patience", "batch_size", "max_length", "max_examples")
+
+
+def check_push(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _require(args.repo_id.count("/") <= 1 and bool(args.repo_id.strip("/")), "repo_id", f"invalid: {args.repo_id!r}")
+    if args.eval_json:
+        try:
+            json.loads(Path(args.eval_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--eval_json {args.eval_json}: not a readable JSON report ({err})") from None
+
+
+def _check_task_matches_model(task: str, config) -> None:
+    """A 2-label model scored on STS-B (regression) would report a correlation of argmax class ids."""
+    from .data import get_task  # noqa: PLC0415
+
+    expected = get_task(task).num_labels
+    if config.num_labels != expected:
+        kind = "a regression (1 output)" if expected == 1 else f"a {expected}-class"
+        raise ValueError(
+            f"--task {task} is {kind} task but the model has num_labels={config.num_labels}; "
+            "evaluate it on a task with as many labels"
+        )
 
 
 def _load_model_and_tokenizer(folder: str):
@@ -87,21 +188,15 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
-    from .cost import count_parameters  # noqa: PLC0415
+    from .cost import count_parameters, summary  # noqa: PLC0415
     from .serving.hub import save_pretrained_atomic  # noqa: PLC0415
-    from .slenderize import (  # noqa: PLC0415
-        PruningConfig,
-        compute_importance,
-        factorize_embeddings,
-        plan_widths,
-        prune_model,
-        summary,
-    )
+    from .slenderize import PruningConfig, apply_pruning_config, compute_importance  # noqa: PLC0415
 
+    pruning_config = PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction, embedding_rank=args.embedding_rank)
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
-    before = model.config.to_dict()
+    before = model.config.__class__.from_dict(model.config.to_dict())
     loader = _dataloader(
         tokenizer,
         args.task,
@@ -117,97 +212,46 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
         exit_weighting=args.exit_weighting,
         max_batches=args.max_batches,
     )
-    heads, ffn = plan_widths(model.config, importance, PruningConfig(encoder_keep_fraction=args.encoder_keep_fraction))
-    prune_model(model, importance, heads, ffn)
-    error = factorize_embeddings(model, args.embedding_rank) if args.embedding_rank else None
+    applied = apply_pruning_config(model, importance, pruning_config)
     save_pretrained_atomic(model, args.output_dir, tokenizer=tokenizer)
-    from .configuration_costeff import CostEffConfig  # noqa: PLC0415
-
+    pruning_config.save_pretrained(args.output_dir)  # what the artifact was slenderized to, beside it
     if not args.quiet:
-        print(summary(CostEffConfig.from_dict(before), model.config), file=sys.stderr)
+        print(summary(before, model.config), file=sys.stderr)
     return {
         "output_dir": str(args.output_dir),
-        "layer_num_heads": heads,
-        "layer_intermediate_sizes": ffn,
-        "embedding_error": error,
+        **applied,
         "parameters": count_parameters(model.config),
     }
 
 
-@torch.no_grad()
-def _run(model, loader, quiet: bool, desc: str, **exit_kwargs) -> dict[str, torch.Tensor]:
-    """One pass over ``loader``: logits ``(N, C)``, exit layers ``(N,)``, unpadded lengths ``(N,)``, labels ``(N,)`` and,
-    with criterion ``"none"``, every exit's logits ``(N, E, C)``."""
-    out: dict[str, list[torch.Tensor]] = {"logits": [], "exit_layer": [], "lengths": [], "labels": [], "all": []}
-    for batch in tqdm(loader, desc=desc, disable=quiet, leave=False):
-        labels = batch.pop("labels")
-        result = model(**batch, **exit_kwargs)
-        out["logits"].append(result.logits)
-        out["exit_layer"].append(result.exit_layer)
-        out["lengths"].append(batch["attention_mask"].sum(-1))
-        out["labels"].append(labels)
-        if result.all_exit_logits is not None:
-            out["all"].append(result.all_exit_logits)
-    return {k: torch.cat(v) for k, v in out.items() if v}
-
-
-def _predictions(logits: torch.Tensor) -> list:
-    return logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
-
-
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .configuration_costeff import validate_exit_policy  # noqa: PLC0415
-    from .cost import average_flops  # noqa: PLC0415
-    from .data import compute_glue_metrics  # noqa: PLC0415
+    from .evaluation import collect_exit_logits, evaluate_policy, per_exit_metrics, sweep_thresholds  # noqa: PLC0415
 
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
         raise ValueError(f"{args.model_dir} holds no tokenizer; save one beside the model (hf-costeff convert does)")
-    model.eval()
     config = model.config
+    _check_task_matches_model(args.task, config)
+    patience = args.patience or config.exit_patience
     for threshold in args.thresholds:  # refuse a bad sweep before any data is read
-        validate_exit_policy(
-            args.criterion, threshold, args.patience or config.exit_patience, config.num_exits, config.num_labels
-        )
+        validate_exit_policy(args.criterion, threshold, patience, config.num_exits, config.num_labels)
     loader = _dataloader(
         tokenizer, args.task, args.glue_dir, "validation", args.batch_size, args.max_length, args.max_examples
     )
-    full = _run(model, loader, args.quiet, "all exits", exit_criterion="none")
-    references = full["labels"].tolist()
-    lengths = full["lengths"].tolist()
-    full_flops = average_flops(config, [config.num_hidden_layers] * len(lengths), lengths)
-    per_exit = [
-        {"exit_layer": layer, **compute_glue_metrics(args.task, _predictions(full["all"][:, k]), references)}
-        for k, layer in enumerate(config.exit_layers)
-    ]
-    sweep = []
-    for threshold in tqdm(args.thresholds, desc="thresholds", disable=args.quiet):
-        run = _run(
-            model,
-            loader,
-            True,
-            f"threshold {threshold}",
-            exit_criterion=args.criterion,
-            exit_threshold=threshold,
-            exit_patience=args.patience,
-        )
-        flops = average_flops(config, run["exit_layer"].tolist(), run["lengths"].tolist())
-        sweep.append(
-            {
-                "threshold": threshold,
-                **compute_glue_metrics(args.task, _predictions(run["logits"]), run["labels"].tolist()),
-                "average_flops": flops,
-                "flops_ratio": flops / full_flops,
-                "mean_exit_layer": run["exit_layer"].float().mean().item(),
-            }
-        )
+    # One pass records every exit's logits; each threshold's early exit is then simulated with the model's own rule.
+    preds = collect_exit_logits(model, tqdm(loader, desc="exit logits", disable=args.quiet, leave=False))
+    if args.criterion == "patience":  # the thresholds are the regression agreement thresholds at a fixed patience
+        sweep = [evaluate_policy(preds, config, args.task, "patience", patience, t) for t in args.thresholds]
+    else:
+        sweep = sweep_thresholds(preds, config, args.task, args.criterion, args.thresholds)
     result = {
         "model_dir": str(args.model_dir),
         "task": args.task,
         "criterion": args.criterion,
-        "num_examples": len(references),
-        "full_depth_average_flops": full_flops,
-        "per_exit": per_exit,
+        "num_examples": len(preds.labels),
+        "full": evaluate_policy(preds, config, args.task, "none", None),
+        "per_exit": per_exit_metrics(preds, args.task, config),
         "sweep": sweep,
     }
     if args.output:
@@ -322,21 +366,20 @@ def cmd_push(args: argparse.Namespace) -> dict[str, Any]:
             card["per_exit_accuracy"] = [row["accuracy"] for row in report["per_exit"]]
         rows = [r for r in report.get("sweep", []) if r["threshold"] == model.config.exit_threshold]
         if rows:
-            metrics = {
-                k: v
-                for k, v in rows[0].items()
-                if k not in ("threshold", "average_flops", "flops_ratio", "mean_exit_layer")
-            }
-            card.update(eval_results=metrics, average_flops=rows[0]["average_flops"])
+            card.update(eval_results=rows[0]["metrics"], average_flops=rows[0]["avg_flops"])
     commit = push_costeff_to_hub(model, args.repo_id, tokenizer, private=args.private or None, token=args.token, **card)
     return {"repo_id": args.repo_id, "commit": getattr(commit, "commit_url", str(commit))}
+
+
+def check_export_onnx(args: argparse.Namespace) -> None:
+    _check_model_dir(args.model_dir)
+    _check_output_dir("output_dir", args.output_dir)
+    _check_positive(args, "opset")
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
     from .serving.onnx import export_onnx  # noqa: PLC0415
 
-    if not (Path(args.model_dir) / "config.json").is_file():
-        raise ValueError(f"MODEL {args.model_dir!r} is not a CostEff model folder (no config.json)")
     manifest = export_onnx(
         args.model_dir,
         args.output_dir,
@@ -354,7 +397,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
+    parser = _ArgumentParser(prog="hf-costeff", description=__doc__.split("\n")[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -366,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit_layers", help="comma-separated 1-based layers (default: every layer)")
     p.add_argument("--exit_criterion", default="none", choices=["entropy", "confidence", "patience", "none"])
     p.add_argument("--exit_threshold", type=float)
-    p.set_defaults(func=cmd_convert)
+    p.set_defaults(func=cmd_convert, check=check_convert)
 
     p = sub.add_parser("slenderize", help="prune heads/FFN neurons (and factorize embeddings) with calibration data")
     p.add_argument("model_dir"), p.add_argument("output_dir")
@@ -376,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit_weighting", choices=["all", "final"], default="all")
     p.add_argument("--batch_size", type=int, default=16), p.add_argument("--max_batches", type=int, default=8)
     p.add_argument("--max_length", type=int, default=128)
-    p.set_defaults(func=cmd_slenderize)
+    p.set_defaults(func=cmd_slenderize, check=check_slenderize)
 
     p = sub.add_parser("evaluate", help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)")
     p.add_argument("model_dir")
@@ -387,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32), p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--max_examples", type=int)
     p.add_argument("--output", help="write the JSON report here (it is printed too)")
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, check=check_evaluate)
 
     p = sub.add_parser(
         "trim-vocab",
@@ -417,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="config of the model it was compressed from, for the card's comparison")
     p.add_argument("--dataset", default="glue/sst2"), p.add_argument("--base_model")
     p.add_argument("--private", action="store_true"), p.add_argument("--token")
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, check=check_push)
 
     p = sub.add_parser(
         "export-onnx",
@@ -432,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no_validate", action="store_true", help="skip comparing each float32 segment with PyTorch in ONNX Runtime"
     )
-    p.set_defaults(func=cmd_export_onnx)
+    p.set_defaults(func=cmd_export_onnx, check=check_export_onnx)
     return parser
 
 
@@ -441,11 +484,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     import hf_costeff.serving  # noqa: F401, PLC0415  (registers the model type and the pipeline task)
 
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # the libraries' own bars too (weights loading)
+        hf_logging.disable_progress_bar()
     try:
+        check = getattr(args, "check", None)
+        if check is not None:
+            check(args)  # every argument before any model or data is read
         result = args.func(args)
-    except ValueError as err:
-        print(f"hf-costeff {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as err:  # bad input; a bug elsewhere still shows its traceback
+        message = " ".join(str(err).split())  # one line, whatever the library wrote
+        print(f"hf-costeff {args.command}: error: {message or type(err).__name__}", file=sys.stderr)
         return 2
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     print(json.dumps(result, indent=2, default=str))
     return 0
 

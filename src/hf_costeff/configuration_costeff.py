@@ -6,9 +6,13 @@ This file travels alone to the Hub (``trust_remote_code``): it imports nothing o
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import numbers
+import os
 
 from transformers import PretrainedConfig
+from transformers.utils import is_torch_available
 
 EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
 EXIT_POOLERS = ("dense", "tanh")
@@ -64,15 +68,40 @@ BERT_CONFIG_FIELDS = (
 )
 
 
-def validate_exit_policy(
-    criterion: str, threshold: float | None, patience: int | None, num_exits: int, num_labels: int
-) -> None:
-    """Raise ``ValueError`` naming the field when an inference exit policy is unusable.
+def plain_number(name: str, value, integer: bool = False):
+    """``value`` as a Python ``int``/``float`` when it is one number (numpy scalar, 0-d tensor included), else as is.
 
-    Shared by the configuration and by the per-call arguments of ``forward`` so that both refuse the same values.
+    Bools are never numbers here (``True`` as a threshold is a mistake). Anything else is returned unchanged so the
+    caller's check names the field.
     """
-    if criterion not in EXIT_CRITERIA:
-        raise ValueError(f"exit_criterion must be one of {EXIT_CRITERIA}, got {criterion!r}")
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar or 0-d tensor (no torch import)
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if integer and isinstance(value, numbers.Integral):
+        return int(value)
+    if not integer and isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def normalize_exit_policy(
+    criterion, threshold, patience, num_exits: int, num_labels: int
+) -> tuple[str, float | None, int | None]:
+    """Validate an inference exit policy and return it as plain Python values ``(criterion, threshold, patience)``.
+
+    numpy scalars and 0-d tensors are accepted for the threshold and the patience. Raises ``ValueError`` naming the
+    field when the policy is unusable. Shared by the configuration and by the per-call arguments of ``forward`` so
+    that both refuse the same values.
+    """
+    threshold = plain_number("exit_threshold", threshold) if threshold is not None else None
+    patience = plain_number("exit_patience", patience, integer=True) if patience is not None else None
+    if not isinstance(criterion, str) or criterion not in EXIT_CRITERIA:
+        raise ValueError(f"exit_criterion must be one of {EXIT_CRITERIA} (lower case), got {criterion!r}")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, float)):
+        raise ValueError(f"exit_threshold must be a number, got {threshold!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"exit_patience must be an integer >= 1, got {patience!r}")
     regression = num_labels == 1
     if criterion in ("entropy", "confidence"):
         if regression:
@@ -82,7 +111,7 @@ def validate_exit_policy(
             )
         if threshold is None:
             raise ValueError(f"exit_threshold must be set when exit_criterion={criterion!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        if not math.isfinite(threshold):
             raise ValueError(f"exit_threshold must be a finite number, got {threshold!r}")
         if criterion == "entropy" and not 0.0 <= threshold <= math.log(max(num_labels, 2)):
             raise ValueError(
@@ -92,7 +121,7 @@ def validate_exit_policy(
         if criterion == "confidence" and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"exit_threshold={threshold} is out of range for confidence: it must lie in [0, 1]")
     if criterion == "patience":
-        if isinstance(patience, bool) or not isinstance(patience, int) or not 1 <= patience <= num_exits:
+        if patience is None or not 1 <= patience <= num_exits:
             raise ValueError(
                 f"exit_patience must be an integer in [1, {num_exits}] (the number of exits), got {patience!r}"
             )
@@ -101,20 +130,37 @@ def validate_exit_policy(
                 "exit_threshold must be a finite number >= 0 for patience on a regression model: two consecutive "
                 f"exits agree when their predictions differ by less than it; got {threshold!r}"
             )
+    return criterion, threshold, patience
+
+
+def validate_exit_policy(criterion, threshold, patience, num_exits: int, num_labels: int) -> None:
+    """Raise ``ValueError`` naming the field when an inference exit policy is unusable (see `normalize_exit_policy`)."""
+    normalize_exit_policy(criterion, threshold, patience, num_exits, num_labels)
 
 
 def resolve_exit_policy(
     config: CostEffConfig, criterion: str | None, threshold: float | None, patience: int | None
 ) -> tuple[str, float | None, int | None]:
-    """The configuration's exit policy with one call's overrides (``None`` keeps the configuration's value),
-    validated when anything is overridden. Shared by the PyTorch model and the ONNX Runtime one."""
-    if criterion is None and threshold is None and patience is None:
-        return config.exit_criterion, config.exit_threshold, config.exit_patience
-    criterion = criterion if criterion is not None else config.exit_criterion
-    threshold = threshold if threshold is not None else config.exit_threshold
-    patience = patience if patience is not None else config.exit_patience
-    validate_exit_policy(criterion, threshold, patience, config.num_exits, config.num_labels)
-    return criterion, threshold, patience
+    """The configuration's exit policy with one call's overrides (``None`` keeps the configuration's value), as plain
+    Python values. Shared by the PyTorch model and the ONNX Runtime one.
+
+    Validated on every call, overrides or not: the configuration may have been edited after the model was built
+    (``model.config.exit_criterion = "Entropy"``). A threshold or patience given for a call whose criterion is
+    ``"none"`` is refused: every layer would run and the argument would be ignored silently.
+    """
+    resolved = normalize_exit_policy(
+        criterion if criterion is not None else config.exit_criterion,
+        threshold if threshold is not None else config.exit_threshold,
+        patience if patience is not None else config.exit_patience,
+        config.num_exits,
+        config.num_labels,
+    )
+    if resolved[0] == "none" and (threshold is not None or patience is not None):
+        raise ValueError(
+            "exit_threshold/exit_patience were given for this call but exit_criterion is 'none' (every layer "
+            "runs); pass exit_criterion='entropy', 'confidence' or 'patience' with them"
+        )
+    return resolved
 
 
 class CostEffConfig(PretrainedConfig):
@@ -212,18 +258,21 @@ class CostEffConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
         self.classifier_dropout = classifier_dropout
-        self.layer_num_heads = list(layer_num_heads) if layer_num_heads is not None else None
-        self.layer_intermediate_sizes = list(layer_intermediate_sizes) if layer_intermediate_sizes is not None else None
+        self.layer_num_heads = _as_list(layer_num_heads)
+        self.layer_intermediate_sizes = _as_list(layer_intermediate_sizes)
         self.embedding_rank = embedding_rank
-        self.exit_layers = list(exit_layers) if exit_layers is not None else None
+        self.exit_layers = _as_list(exit_layers)
         self.exit_pooler = exit_pooler
         self.exit_pooling = exit_pooling
         self.exit_criterion = exit_criterion
-        self.exit_threshold = exit_threshold
-        self.exit_patience = exit_patience
-        self.exit_loss_weights = list(exit_loss_weights) if exit_loss_weights is not None else None
+        self.exit_threshold = plain_number("exit_threshold", exit_threshold) if exit_threshold is not None else None
+        self.exit_patience = plain_number("exit_patience", exit_patience, integer=True)
+        self.exit_loss_weights = _as_list(exit_loss_weights)
         self.gradient_equilibrium = gradient_equilibrium
         _reject_misspelled_fields(kwargs)
+        _check_label_fields(kwargs)
+        # Sizes first: PretrainedConfig's own validators read head_dim (a division) and the vocabulary size.
+        self._validate_sizes()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._fill_defaults()
         self.validate_costeff()
@@ -259,12 +308,69 @@ class CostEffConfig(PretrainedConfig):
             fields.pop("id2label", None), fields.pop("label2id", None)
         return cls(**{**fields, **overrides})
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """``PretrainedConfig.get_config_dict`` that refuses a config.json which is not a JSON object."""
+        local = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "", "config.json")
+        if os.path.isfile(local):  # transformers fails on `null` or a list with a TypeError/AttributeError of its own
+            try:
+                with open(local, encoding="utf-8") as f:
+                    content = json.load(f)
+            except (UnicodeDecodeError, ValueError) as err:
+                raise ValueError(f"config.json of {str(pretrained_model_name_or_path)!r} is not valid JSON") from err
+            if not isinstance(content, dict):
+                raise ValueError(
+                    f"config.json of {str(pretrained_model_name_or_path)!r} must hold a JSON object of "
+                    f"configuration fields, got {type(content).__name__}"
+                )
+        try:
+            config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        except OSError as err:
+            if "not a valid JSON file" in str(err):
+                raise ValueError(f"config.json of {str(pretrained_model_name_or_path)!r} is not valid JSON") from err
+            raise
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"config.json of {str(pretrained_model_name_or_path)!r} must hold a JSON object of configuration "
+                f"fields, got a {type(config_dict).__name__}"
+            )
+        return config_dict, kwargs
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> CostEffConfig:
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"config_dict must be a dict of configuration fields, got a {type(config_dict).__name__}")
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def num_exits(self) -> int:
         return len(self.exit_layers)
 
     def validate_costeff(self) -> None:
-        """Check every CostEff field; raise ``ValueError`` naming the first bad one."""
+        """Check every CostEff field; raise ``ValueError`` naming the first bad one.
+
+        Run at construction and by the model at build time. The exit *policy* (criterion, threshold, patience) is
+        checked again on every forward, since it may be changed on a built model (``model.config.exit_criterion =``).
+        """
+        self._validate_sizes()
+        _check_int("num_labels", self.num_labels, minimum=1)
+        if self.pad_token_id is not None:
+            _check_int("pad_token_id", self.pad_token_id, minimum=0)
+            if self.pad_token_id >= self.vocab_size:
+                raise ValueError(f"pad_token_id={self.pad_token_id} must lie in [0, vocab_size={self.vocab_size})")
+        n = self.num_hidden_layers
+        self._validate_widths(n)
+        if self.embedding_rank is not None:
+            _check_int("embedding_rank", self.embedding_rank, minimum=1)
+        self._validate_exits(n)
+        if not isinstance(self.gradient_equilibrium, bool):
+            raise ValueError(f"gradient_equilibrium must be True or False, got {self.gradient_equilibrium!r}")
+        self.exit_criterion, self.exit_threshold, self.exit_patience = normalize_exit_policy(
+            self.exit_criterion, self.exit_threshold, self.exit_patience, self.num_exits, self.num_labels
+        )
+
+    def _validate_sizes(self) -> None:
+        """The scalar fields that shape the tensors, checked before anything reads them."""
         for name in (
             "vocab_size",
             "hidden_size",
@@ -283,14 +389,20 @@ class CostEffConfig(PretrainedConfig):
             _check_probability(name, getattr(self, name))
         if self.classifier_dropout is not None:
             _check_probability("classifier_dropout", self.classifier_dropout)
-        n = self.num_hidden_layers
-        self._validate_widths(n)
-        if self.embedding_rank is not None:
-            _check_int("embedding_rank", self.embedding_rank, minimum=1)
-        self._validate_exits(n)
-        validate_exit_policy(
-            self.exit_criterion, self.exit_threshold, self.exit_patience, self.num_exits, self.num_labels
-        )
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps!r}")
+        std = self.initializer_range
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not (math.isfinite(std) and std >= 0):
+            raise ValueError(f"initializer_range must be a finite number >= 0, got {std!r}")
+        act = self.hidden_act
+        if not callable(act) and not isinstance(act, str):
+            raise ValueError(f"hidden_act must be the name of an activation, got {act!r}")
+        if isinstance(act, str) and is_torch_available():  # the activation table imports torch; ONNX serving has none
+            from transformers.activations import ACT2FN  # noqa: PLC0415
+
+            if act not in ACT2FN:
+                raise ValueError(f"hidden_act must be one of transformers' activations {sorted(ACT2FN)}, got {act!r}")
 
     def _validate_widths(self, n: int) -> None:
         for name, bound in (("layer_num_heads", self.num_attention_heads), ("layer_intermediate_sizes", None)):
@@ -318,10 +430,30 @@ class CostEffConfig(PretrainedConfig):
         if weights is not None:
             if not isinstance(weights, list) or len(weights) != len(layers):
                 raise ValueError(f"exit_loss_weights must hold one weight per exit ({len(layers)}), got {weights!r}")
-            if any(not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights):
+            if any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights
+            ):
                 raise ValueError(f"exit_loss_weights must be finite and >= 0, got {weights}")
             if sum(weights) == 0:
                 raise ValueError("exit_loss_weights must not all be zero")
+
+
+def _as_list(value):
+    """A copy of a list/tuple field as a list; anything else unchanged, for validation to refuse by name.
+
+    ``list(value)`` would turn a dict into its keys and a string into characters, silently.
+    """
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_label_fields(kwargs: dict) -> None:
+    """The label fields PretrainedConfig owns, checked before it uses them (``range(num_labels)``, ``.items()``)."""
+    if "num_labels" in kwargs:
+        kwargs["num_labels"] = plain_number("num_labels", kwargs["num_labels"], integer=True)
+        _check_int("num_labels", kwargs["num_labels"], minimum=1)
+    for name in ("id2label", "label2id"):
+        if kwargs.get(name) is not None and not isinstance(kwargs[name], dict):
+            raise ValueError(f"{name} must be a dict, got {kwargs[name]!r}")
 
 
 def _reject_misspelled_fields(kwargs: dict) -> None:
@@ -346,6 +478,8 @@ def _check_probability(name: str, value) -> None:
 
 __all__ = [
     "CostEffConfig",
+    "normalize_exit_policy",
+    "plain_number",
     "resolve_exit_policy",
     "validate_exit_policy",
     "EXIT_CRITERIA",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from transformers import PretrainedConfig
+
 from .configuration_costeff import CostEffConfig
 
 
@@ -77,4 +79,44 @@ def count_parameters(config: CostEffConfig, with_exits: bool = True) -> dict[str
     return {"embeddings": embeddings, "encoder": encoder, "exits": exits, "total": embeddings + encoder + exits}
 
 
-__all__ = ["average_flops", "count_parameters", "embedding_flops", "exit_flops", "forward_flops", "layer_flops"]
+def _as_config(obj) -> CostEffConfig:
+    if isinstance(obj, PretrainedConfig):
+        return obj
+    config = getattr(obj, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        raise ValueError(f"summary expects CostEff models or configs, got {type(obj).__name__}")
+    return config
+
+
+def summary(before, after, seq_length: int = 128) -> str:
+    """Markdown tables of per-layer widths, parameters by part and FLOPs (all layers, ``seq_length`` tokens)."""
+    a, b = _as_config(before), _as_config(after)
+    if a.num_hidden_layers != b.num_hidden_layers:
+        raise ValueError(f"before has {a.num_hidden_layers} layers, after {b.num_hidden_layers}")
+    lines = ["| layer | heads | FFN |", "|---|---|---|"]
+    for i in range(a.num_hidden_layers):
+        lines.append(
+            f"| {i + 1} | {a.layer_num_heads[i]} → {b.layer_num_heads[i]} "
+            f"| {a.layer_intermediate_sizes[i]} → {b.layer_intermediate_sizes[i]} |"
+        )
+    pa, pb = count_parameters(a), count_parameters(b)
+    fa, fb = forward_flops(a, seq_length), forward_flops(b, seq_length)
+    lines += ["", "| | before | after | after/before |", "|---|---|---|---|"]
+    rank = f"embedding rank {a.embedding_rank or '-'} → {b.embedding_rank or '-'}"
+    for name in ("embeddings", "encoder", "exits", "total"):
+        ratio = pb[name] / pa[name] if pa[name] else float("nan")
+        label = f"{name} params" + (f" ({rank})" if name == "embeddings" else "")
+        lines.append(f"| {label} | {pa[name]:,} | {pb[name]:,} | {ratio:.3f} |")
+    lines.append(f"| GFLOPs @{seq_length} tokens, all layers | {fa / 1e9:.3f} | {fb / 1e9:.3f} | {fb / fa:.3f} |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "average_flops",
+    "count_parameters",
+    "embedding_flops",
+    "exit_flops",
+    "forward_flops",
+    "layer_flops",
+    "summary",
+]

@@ -1,5 +1,12 @@
 """Evaluating multi-exit models: exit logits once, any early-exit policy simulated, thresholds calibrated, latency.
 
+The one place that turns exit logits into exit decisions, predictions, metrics and FLOPs. The CLI's ``evaluate``, the
+benchmarks and ``MultiExitTrainer`` hand it exit logits (:class:`ExitPredictions`, collected here or gathered by any
+evaluation loop); the decisions come from the model's own :class:`~hf_costeff.modeling_costeff.ExitDecision`, so the
+simulated exit is the exit the model takes. One result type, :class:`PolicyResult`, with one set of names:
+``avg_flops`` (mean FLOPs per example), ``flops_speedup`` (FLOPs of every layer / ``avg_flops``), ``avg_exit_layer``,
+``layer_speedup``.
+
 The early-exit decision of an example depends only on its own exit logits (batched early exit equals one-by-one
 inference, tested in tests/test_modeling.py), so one pass that records every exit's logits
 (:func:`collect_exit_logits`) is enough to know, for ANY threshold or patience, where each example would leave, what it
@@ -15,6 +22,7 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -23,7 +31,7 @@ from torch import nn
 from .configuration_costeff import CostEffConfig, validate_exit_policy
 from .cost import forward_flops
 from .data import compute_glue_metrics, get_task
-from .modeling_costeff import exit_confident
+from .modeling_costeff import ExitDecision, exit_score
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -45,6 +53,9 @@ class ExitPredictions:
     config: CostEffConfig | None = None
 
     def __post_init__(self) -> None:
+        # Arrays from any evaluation loop (numpy from Trainer.evaluation_loop) are taken as they are.
+        self.logits = torch.as_tensor(self.logits).float()
+        self.labels, self.lengths = torch.as_tensor(self.labels), torch.as_tensor(self.lengths).long()
         if self.logits.dim() != 3:
             raise ValueError(f"logits must have shape (N, num_exits, num_labels), got {tuple(self.logits.shape)}")
         n = self.logits.shape[0]
@@ -107,7 +118,8 @@ def _config_of(preds: ExitPredictions, config: CostEffConfig | None) -> CostEffC
 
 
 def logits_to_predictions(logits: torch.Tensor) -> torch.Tensor:
-    """``(N, C)`` -> ``(N,)`` class ids, or the value itself for regression (``C = 1``); numpy arrays work too."""
+    """``(..., C)`` logits -> ``(...)`` class ids, or the value itself for regression (``C = 1``). Works on numpy
+    arrays alike."""
     return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
 
 
@@ -120,11 +132,11 @@ def simulate_early_exit(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each example would leave, and what it would predict, under an exit policy, without running the model.
 
-    Implements the model's rules exactly (it reuses the model's per-row test): ``"entropy"`` exits when the entropy of
-    ``softmax`` (natural log) is ``< threshold``; ``"confidence"`` when the max probability is ``>= threshold``;
-    ``"patience"`` keeps PABEE's counter (+1 when an exit's argmax equals the previous exit's, reset otherwise; for
-    regression, when they differ by less than ``regression_threshold``) and exits when it reaches the patience;
-    ``"none"`` runs every layer. The last exit always exits.
+    The exits' logits go through the model's own :class:`~hf_costeff.modeling_costeff.ExitDecision` in order:
+    ``"entropy"`` exits when the entropy of ``softmax`` (natural log) is ``< threshold``; ``"confidence"`` when the max
+    probability is ``>= threshold``; ``"patience"`` keeps PABEE's counter (+1 when an exit's argmax equals the previous
+    exit's, reset otherwise; for regression, when they differ by less than ``regression_threshold``) and exits when it
+    reaches the patience; ``"none"`` runs every layer. The last exit always exits.
 
     Returns ``(exit_layers, predictions)``, both ``(N,)``: the 1-based layer of the exit taken, and its class id (or
     value for regression).
@@ -134,26 +146,62 @@ def simulate_early_exit(
     n, num_exits, num_labels = logits.shape
     if criterion == "patience":
         validate_exit_policy(criterion, regression_threshold, threshold_or_patience, num_exits, num_labels)
-    elif criterion != "none":
-        validate_exit_policy(criterion, threshold_or_patience, None, num_exits, num_labels)
-    done = torch.zeros(n, num_exits, dtype=torch.bool)
-    if criterion in ("entropy", "confidence"):
-        for k in range(num_exits):
-            done[:, k] = exit_confident(logits[:, k], criterion, threshold_or_patience)
-    elif criterion == "patience":
-        agree = torch.zeros(n, dtype=torch.long)
-        for k in range(1, num_exits):
-            if num_labels == 1:
-                same = (logits[:, k] - logits[:, k - 1]).abs().squeeze(-1) < regression_threshold
-            else:
-                same = logits[:, k].argmax(-1) == logits[:, k - 1].argmax(-1)
-            agree = torch.where(same, agree + 1, torch.zeros_like(agree))
-            done[:, k] = agree >= threshold_or_patience
+        decision = ExitDecision(criterion, regression_threshold, threshold_or_patience)
+    else:
+        if criterion != "none":
+            validate_exit_policy(criterion, threshold_or_patience, None, num_exits, num_labels)
+        decision = ExitDecision(criterion, threshold_or_patience)
+    done = torch.stack([decision.update(logits[:, k]) for k in range(num_exits)], dim=1)
     done[:, -1] = True
     first = done.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximal index: the first exit satisfied
     layers = torch.tensor(config.exit_layers, dtype=torch.long)[first]
     predictions = logits_to_predictions(logits[torch.arange(n), first])
     return layers, predictions
+
+
+class _FlopsTable:
+    """``forward_flops`` of every (example, exit) pair, computed once per distinct length: sweeps stay fast."""
+
+    def __init__(self, config: CostEffConfig, lengths: torch.Tensor):
+        self.config = config
+        unique, inverse = torch.unique(lengths, return_inverse=True)
+        table = np.array(
+            [[forward_flops(config, int(t), layer) for layer in config.exit_layers] for t in unique.tolist()],
+            dtype=np.int64,
+        )
+        self.per_example = table[inverse.numpy()]  # (N, E) int64
+        self.index = {layer: k for k, layer in enumerate(config.exit_layers)}
+
+    def average(self, exit_layers: torch.Tensor) -> float:
+        cols = np.array([self.index[int(layer)] for layer in exit_layers.tolist()])
+        # Integer sum then one true division: bit-identical to cost.average_flops.
+        return int(self.per_example[np.arange(len(cols)), cols].sum()) / len(cols)
+
+    def full(self) -> float:
+        return int(self.per_example[:, -1].sum()) / self.per_example.shape[0]
+
+
+class PolicyResult(TypedDict):
+    """Quality and cost of one early-exit policy on a labelled set: a row of a sweep, the CLI's JSON, a benchmark's.
+
+    Keys: ``criterion``; ``threshold`` (entropy/confidence threshold, or the regression agreement threshold of
+    ``"patience"``; ``None`` when unused); ``patience`` (``None`` unless ``"patience"``); ``metrics`` (the task's
+    metrics); ``metric`` (its main one); ``avg_flops`` (mean FLOPs per example, ``cost.average_flops`` at the exits
+    taken and the unpadded lengths); ``flops_speedup`` (FLOPs of every layer on the same examples / ``avg_flops``);
+    ``avg_exit_layer``; ``layer_speedup`` (``num_hidden_layers / avg_exit_layer``); ``exit_histogram``
+    ({layer: examples}).
+    """
+
+    criterion: str
+    threshold: float | None
+    patience: int | None
+    metrics: dict[str, float]
+    metric: float
+    avg_flops: float
+    flops_speedup: float
+    avg_exit_layer: float
+    layer_speedup: float
+    exit_histogram: dict[int, int]
 
 
 def compute_metrics(task: str | None, predictions, labels) -> dict[str, float]:
@@ -181,32 +229,6 @@ def per_exit_metrics(preds: ExitPredictions, task: str | None, config: CostEffCo
     ]
 
 
-class _FlopsTable:
-    """``forward_flops`` of every (example, exit) pair, computed once per distinct length: sweeps stay fast."""
-
-    def __init__(self, config: CostEffConfig, lengths: torch.Tensor):
-        self.config = config
-        unique, inverse = torch.unique(lengths, return_inverse=True)
-        table = np.array(
-            [[forward_flops(config, int(t), layer) for layer in config.exit_layers] for t in unique.tolist()],
-            dtype=np.int64,
-        )
-        self.per_example = table[inverse.numpy()]  # (N, E) int64
-        self.index = {layer: k for k, layer in enumerate(config.exit_layers)}
-
-    def average(self, exit_layers: torch.Tensor) -> float:
-        cols = np.array([self.index[int(layer)] for layer in exit_layers.tolist()])
-        # Integer sum then one true division: bit-identical to cost.average_flops.
-        return int(self.per_example[np.arange(len(cols)), cols].sum()) / len(cols)
-
-    def full(self) -> float:
-        return int(self.per_example[:, -1].sum()) / self.per_example.shape[0]
-
-
-def _policy_key(criterion: str) -> str:
-    return "patience" if criterion == "patience" else "threshold"
-
-
 def _evaluate_policy(
     preds: ExitPredictions,
     config: CostEffConfig,
@@ -215,22 +237,39 @@ def _evaluate_policy(
     value,
     table: _FlopsTable,
     regression_threshold: float | None,
-) -> dict:
+) -> PolicyResult:
     layers, predictions = simulate_early_exit(preds, config, criterion, value, regression_threshold)
     metrics = compute_metrics(task, predictions.numpy(), preds.labels.numpy())
     avg_flops = table.average(layers)
     histogram = {int(layer): int((layers == layer).sum()) for layer in config.exit_layers}
-    return {
-        "criterion": criterion,
-        _policy_key(criterion): value,
-        "metrics": metrics,
-        "metric": _main_metric(task, metrics),
-        "avg_flops": avg_flops,
-        "flops_speedup": table.full() / avg_flops,
-        "avg_exit_layer": float(layers.float().mean()),
-        "layer_speedup": config.num_hidden_layers / float(layers.float().mean()),
-        "exit_histogram": histogram,
-    }
+    patience = value if criterion == "patience" else None
+    return PolicyResult(
+        criterion=criterion,
+        threshold=regression_threshold if criterion == "patience" else value,
+        patience=patience,
+        metrics=metrics,
+        metric=_main_metric(task, metrics),
+        avg_flops=avg_flops,
+        flops_speedup=table.full() / avg_flops,
+        avg_exit_layer=float(layers.float().mean()),
+        layer_speedup=config.num_hidden_layers / float(layers.float().mean()),
+        exit_histogram=histogram,
+    )
+
+
+def evaluate_policy(
+    preds: ExitPredictions,
+    config: CostEffConfig | None,
+    task: str | None,
+    criterion: str,
+    threshold_or_patience: float | int | None,
+    regression_threshold: float | None = None,
+) -> PolicyResult:
+    """The :class:`PolicyResult` of one policy (arguments as :func:`simulate_early_exit`; ``task`` as
+    :func:`compute_metrics`)."""
+    config = _config_of(preds, config)
+    table = _FlopsTable(config, preds.lengths)
+    return _evaluate_policy(preds, config, task, criterion, threshold_or_patience, table, regression_threshold)
 
 
 def sweep_thresholds(
@@ -240,15 +279,9 @@ def sweep_thresholds(
     criterion: str,
     thresholds: Sequence[float | int],
     regression_threshold: float | None = None,
-) -> list[dict]:
-    """One row per threshold (or patience): the task's metrics and cost had the model run with that policy.
-
-    Each row: ``criterion``, ``threshold`` (``patience`` for the patience criterion), ``metrics`` (all of the task's
-    GLUE metrics; accuracy or MSE without a task, see :func:`compute_metrics`), ``metric`` (the task's main one), ``avg_flops`` (``cost.average_flops`` of the exit layers taken at
-    the examples' unpadded lengths), ``flops_speedup`` (FLOPs of running every layer / ``avg_flops``),
-    ``avg_exit_layer``, ``layer_speedup`` (``num_hidden_layers / avg_exit_layer``), ``exit_histogram``
-    ({layer: count}).
-    """
+) -> list[PolicyResult]:
+    """One :class:`PolicyResult` per threshold (or patience): the task's metrics and cost had the model run with that
+    policy. The FLOPs of every (example, exit) pair are computed once for the whole sweep."""
     config = _config_of(preds, config)
     if len(thresholds) == 0:
         raise ValueError("sweep_thresholds needs at least one threshold")
@@ -302,13 +335,8 @@ def default_thresholds(preds: ExitPredictions, criterion: str, num: int = 60) ->
         return list(range(1, num_exits + 1))
     if criterion not in ("entropy", "confidence"):
         raise ValueError(f"no thresholds for criterion {criterion!r}: use 'entropy', 'confidence' or 'patience'")
-    log_probs = torch.log_softmax(preds.logits[:, :-1].float(), dim=-1)
-    if criterion == "entropy":
-        scores = -(log_probs.exp() * log_probs).sum(-1).flatten()
-        low, high = 0.0, math.log(max(num_labels, 2))
-    else:
-        scores = log_probs.max(-1).values.exp().flatten()
-        low, high = 0.0, 1.0
+    scores = exit_score(preds.logits[:, :-1], criterion).flatten()
+    low, high = (0.0, math.log(max(num_labels, 2))) if criterion == "entropy" else (0.0, 1.0)
     quantiles = torch.quantile(scores.double(), torch.linspace(0, 1, num, dtype=torch.float64)).tolist()
     candidates = {round(min(max(q, low), high), 6) for q in quantiles} | {low, high}
     # Entropy exits when < threshold: the ends (0 = never early, ln C = always at the first exit) both matter.
@@ -353,7 +381,7 @@ def calibrate_threshold(
     config = _config_of(preds, config)
     candidates = list(thresholds) if thresholds is not None else default_thresholds(preds, criterion)
     rows = sweep_thresholds(preds, config, task, criterion, candidates)
-    full = sweep_thresholds(preds, config, task, "none", [None])[0]["metric"]
+    full = evaluate_policy(preds, config, task, "none", None)["metric"]
     if max_metric_drop is not None:
         # A tiny tolerance so that a drop equal to the target (up to float rounding) counts as meeting it.
         ok = [r for r in rows if full - r["metric"] <= max_metric_drop + 1e-12]
@@ -369,7 +397,7 @@ def calibrate_threshold(
             f"no {criterion} threshold among {len(rows)} candidates reaches {target}; the fastest candidate gives a "
             f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
         )
-    return best[_policy_key(criterion)]
+    return best["patience"] if criterion == "patience" else best["threshold"]
 
 
 def _pad(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -444,15 +472,17 @@ def measure_latency(
 
 __all__ = [
     "ExitPredictions",
+    "PolicyResult",
     "calibrate_threshold",
     "collect_exit_logits",
     "compute_metrics",
     "default_thresholds",
     "evaluate_exit_logits",
+    "evaluate_policy",
     "logits_to_predictions",
     "make_batches",
     "measure_latency",
-    "simulate_early_exit",
     "per_exit_metrics",
+    "simulate_early_exit",
     "sweep_thresholds",
 ]

@@ -8,7 +8,9 @@ It travels alone to the Hub (``trust_remote_code``), so it imports only torch, t
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,9 +128,9 @@ class CostEffSelfAttention(nn.Module):
         query = self.query(hidden_states).view(shape).transpose(1, 2)
         key = self.key(hidden_states).view(shape).transpose(1, 2)
         value = self.value(hidden_states).view(shape).transpose(1, 2)
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        # transformers' attention-backend switch: the config attribute is how its own models read it (no public name).
+        backend = self.config._attn_implementation  # noqa: SLF001
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager_attention_forward)
         context, _ = attention(
             self,
             query,
@@ -212,10 +214,56 @@ class CostEffLayer(GradientCheckpointingLayer):
         return self.output(self.intermediate(attention_output), attention_output)
 
 
+ExitHook = Callable[[int, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
 class CostEffEncoder(nn.Module):
+    """The stack of layers. Owns the one layer loop of the package (as ``BertEncoder`` owns BERT's), with an exit hook.
+
+    ``exit_hook(layer_idx, hidden_states, attention_mask)`` runs after every layer (``layer_idx`` 0-based) on the rows
+    still in the batch and their 2D mask. It returns the hidden states to go on with (the same tensor, or e.g. one
+    rescaled for gradient equilibrium) and ``keep``: ``None`` (every row goes on) or a bool ``(rows,)`` tensor. Rows
+    with ``keep == False`` leave the batch, the padding columns no remaining row uses are cut, and the loop stops
+    when no row is left: that is the batched early exit.
+    """
+
     def __init__(self, config: CostEffConfig):
         super().__init__()
+        self.config = config
         self.layer = nn.ModuleList([CostEffLayer(config, i) for i in range(config.num_hidden_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        exit_hook: ExitHook | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        """``(batch, seq, hidden)`` embeddings and a ``(batch, seq)`` mask -> the last layer's output (of the rows
+        still in the batch) and, with ``output_hidden_states``, the input and every layer's output."""
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        all_hidden = [hidden_states] if output_hidden_states else None
+        for i, layer in enumerate(self.layer):
+            hidden_states = layer(hidden_states, mask, **kwargs)
+            keep = None
+            if exit_hook is not None:
+                hidden_states, keep = exit_hook(i, hidden_states, attention_mask)
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if keep is None or bool(keep.all()):
+                continue
+            if not bool(keep.any()):
+                break
+            hidden_states = hidden_states[keep]
+            if attention_mask is not None:
+                attention_mask, hidden_states = _trim_padding(attention_mask[keep], hidden_states)
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if all_hidden is not None else None
+        )
 
 
 class CostEffExit(nn.Module):
@@ -260,6 +308,10 @@ class _GradientRescale(torch.autograd.Function):
         return grad_output * ctx.scale, None
 
 
+# Modules ``device_map="auto"`` must keep on one device (accelerate reads ``_no_split_modules``; serving.hub this).
+NO_SPLIT_MODULES = ["CostEffEmbeddings", "CostEffLayer"]
+
+
 class CostEffPreTrainedModel(PreTrainedModel):
     config: CostEffConfig
     config_class = CostEffConfig
@@ -269,7 +321,7 @@ class CostEffPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["CostEffEmbeddings", "CostEffLayer"]
+    _no_split_modules = NO_SPLIT_MODULES
     # forward takes **kwargs for attention backends; it does not take Trainer's num_items_in_batch.
     accepts_loss_kwargs = False
 
@@ -286,6 +338,26 @@ class CostEffPreTrainedModel(PreTrainedModel):
             config_dict, _ = PretrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
             check_costeff_checkpoint(config_dict, pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained`` that never writes an ``auto_map`` without the code it points to.
+
+        A configuration loaded from a Hub-ready folder keeps its ``auto_map``, but transformers copies the code files
+        only for classes registered with ``register_for_auto_class``; any save of such a model (``Trainer.save_model``,
+        checkpoints) would write a folder that ``trust_remote_code=True`` cannot load. The two files are copied here
+        whenever the saved config.json has an ``auto_map``.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        config_path = os.path.join(save_directory, "config.json")
+        if not os.path.isfile(config_path):  # not the main process of a distributed save
+            return
+        with open(config_path, encoding="utf-8") as f:
+            if not json.load(f).get("auto_map"):
+                return
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("configuration_costeff.py", "modeling_costeff.py"):
+            if not os.path.isfile(os.path.join(save_directory, name)):
+                shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, name))
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -321,39 +393,126 @@ class CostEffSequenceClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+# Keyword arguments forward passes on to the attention backend (transformers' FlashAttentionKwargs); any other
+# keyword is refused rather than swallowed by **kwargs.
+_ATTENTION_KWARGS = frozenset({"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"})
+
+
+def _is_tracing() -> bool:
+    """True under torch.compile / torch.export / ONNX export / jit tracing, where tensor *values* are not known."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """Refuse keywords the model would otherwise ignore silently (a misspelled argument, attentions it cannot give)."""
+    for name, value in kwargs.items():
+        if name == "output_attentions":
+            if value:
+                raise ValueError(
+                    "output_attentions=True is not supported: CostEff layers do not return attention weights"
+                )
+        elif name not in _ATTENTION_KWARGS:
+            raise TypeError(f"forward() got an unexpected keyword argument {name!r}")
+
+
 def _check_inputs(
     config: CostEffConfig,
     input_ids: torch.Tensor | None,
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> None:
-    """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer."""
+    """Refuse inputs that would otherwise fail deep inside torch or give a silently wrong answer.
+
+    Shapes and dtypes are checked always (static under tracing: no graph break). Values (id ranges, a 0/1 mask) are
+    checked in eager mode only, with one host sync for all of them; under torch.compile / export the caller's edge
+    (pipeline, CLI, data collator) is responsible for them.
+    """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds")
-    tokens = input_ids if input_ids is not None else inputs_embeds
-    if tokens.dim() != (2 if input_ids is not None else 3):
-        raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {tuple(tokens.shape)}")
-    batch_size, seq_length = tokens.shape[:2]
+    if input_ids is not None:
+        _check_ids("input_ids", input_ids)
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {tuple(input_ids.shape)}")
+        batch_size, seq_length = input_ids.shape
+    else:
+        if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+            raise TypeError(f"inputs_embeds must be a floating-point tensor, got {_describe(inputs_embeds)}")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be (batch_size, sequence_length, hidden_size={config.hidden_size}), "
+                f"got shape {tuple(inputs_embeds.shape)}"
+            )
+        batch_size, seq_length = inputs_embeds.shape[:2]
     if batch_size == 0 or seq_length == 0:
-        raise ValueError(f"Empty input: got batch of shape {tuple(tokens.shape[:2])}")
+        raise ValueError(f"Empty input: got batch of shape {(batch_size, seq_length)}")
     if seq_length > config.max_position_embeddings:
         raise ValueError(
             f"Sequence length {seq_length} exceeds max_position_embeddings={config.max_position_embeddings}; "
             "truncate the input (tokenizer(..., truncation=True))"
         )
-    if input_ids is not None:
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]"
-            )
+    for name, ids in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+        if ids is not None:
+            _check_ids(name, ids)
+            if ids.dim() != 2 or ids.shape[1] != seq_length or ids.shape[0] not in (1, batch_size):
+                raise ValueError(f"{name} shape {tuple(ids.shape)} does not match the input {(batch_size, seq_length)}")
     if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_complex():
+            raise TypeError(f"attention_mask must be a tensor of 0s and 1s, got {_describe(attention_mask)}")
         if tuple(attention_mask.shape) != (batch_size, seq_length):
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match the input {(batch_size, seq_length)}"
             )
-        if not bool((attention_mask != 0).any(dim=1).all()):
-            raise ValueError("attention_mask masks every token of at least one example (an empty input)")
+    if not _is_tracing():
+        _check_input_values(config, input_ids, attention_mask, token_type_ids, position_ids)
+
+
+def _describe(value) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def _check_ids(name: str, ids) -> None:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {_describe(ids)}")
+
+
+def _check_input_values(
+    config: CostEffConfig,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+) -> None:
+    """Every value check at the cost of one host sync; the message is built only when one fails."""
+    bounded = [
+        (name, ids, bound)
+        for name, ids, bound in (
+            ("input_ids", input_ids, config.vocab_size),
+            ("token_type_ids", token_type_ids, config.type_vocab_size),
+            ("position_ids", position_ids, config.max_position_embeddings),
+        )
+        if ids is not None
+    ]
+    failures = [((ids < 0) | (ids >= bound)).any() for _, ids, bound in bounded]
+    if attention_mask is not None:
+        failures.append(((attention_mask != 0) & (attention_mask != 1)).any())
+        failures.append(~(attention_mask != 0).any(dim=1).all())
+    if not failures or not bool(torch.stack([f.cpu() for f in failures]).any()):
+        return
+    for name, ids, bound in bounded:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= bound:
+            field = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size"}.get(
+                name, "max_position_embeddings"
+            )
+            raise ValueError(f"{name} must lie in [0, {field}={bound}), got values in [{low}, {high}]")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError(
+            "attention_mask must hold only 0 (padding) and 1 (real token), got values "
+            f"{attention_mask.unique()[:8].tolist()}"
+        )
+    raise ValueError("attention_mask masks every token of at least one example (an empty input)")
 
 
 class CostEffModel(CostEffPreTrainedModel):
@@ -372,10 +531,6 @@ class CostEffModel(CostEffPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def attention_mask_for(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None):
-        """The mask the configured attention backend expects (``None`` when nothing is padded)."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -385,18 +540,16 @@ class CostEffModel(CostEffPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        exit_hook: ExitHook | None = None,
         **kwargs,
     ) -> BaseModelOutput | tuple:
-        """Runs every layer. Returns ``last_hidden_state`` ``(batch, seq, hidden)`` and optionally all hidden states."""
-        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        """Embeddings, then every layer (see [`CostEffEncoder`] for ``exit_hook``). Returns ``last_hidden_state``
+        ``(batch, seq, hidden)`` and optionally all hidden states."""
+        _check_kwargs(kwargs)
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        mask = self.attention_mask_for(hidden_states, attention_mask)
-        all_hidden = [hidden_states]
-        for layer in self.encoder.layer:
-            hidden_states = layer(hidden_states, mask, **kwargs)
-            all_hidden.append(hidden_states)
-        output = BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden) if output_hidden_states else None
+        output = self.encoder(
+            hidden_states, attention_mask, exit_hook=exit_hook, output_hidden_states=output_hidden_states, **kwargs
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -463,44 +616,50 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             exit_criterion / exit_threshold / exit_patience (*optional*): override the configuration's exit policy for
                 this call only, e.g. to sweep thresholds on one loaded model.
         """
-        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask)
+        _check_kwargs(kwargs)
+        _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
         criterion, threshold, patience = self._exit_policy(exit_criterion, exit_threshold, exit_patience)
-        hidden_states = self.costeff.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "inputs_embeds": inputs_embeds,
+        }
         if self.training or criterion == "none":
-            output = self._forward_all_exits(hidden_states, attention_mask, output_hidden_states, **kwargs)
+            output = self._forward_all_exits(inputs, output_hidden_states, **kwargs)
             if labels is not None:
                 output.loss = self._weighted_exit_loss(output.all_exit_logits, labels)
         else:
-            output = self._forward_early_exit(hidden_states, attention_mask, criterion, threshold, patience, **kwargs)
+            output = self._forward_early_exit(inputs, ExitDecision(criterion, threshold, patience), **kwargs)
             if labels is not None:
-                output.loss = self._loss(output.logits, labels)
+                output.loss = self.classification_loss(output.logits, labels)
         return output if return_dict is not False else output.to_tuple()
 
     def _exit_policy(self, criterion: str | None, threshold: float | None, patience: int | None):
         return resolve_exit_policy(self.config, criterion, threshold, patience)
 
     def _forward_all_exits(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        output_hidden_states: bool | None,
-        **kwargs,
+        self, inputs: dict[str, torch.Tensor | None], output_hidden_states: bool | None, **kwargs
     ) -> CostEffSequenceClassifierOutput:
-        mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
+        """Every layer and every exit for every example (training, criterion ``"none"``)."""
         equilibrium = self.training and self.config.gradient_equilibrium and torch.is_grad_enabled()
-        all_hidden, exit_logits = [hidden_states], []
         exit_index = {layer - 1: k for k, layer in enumerate(self.config.exit_layers)}
-        for i, layer in enumerate(self.costeff.encoder.layer):
-            hidden_states = layer(hidden_states, mask, **kwargs)
-            k = exit_index.get(i)
-            if k is not None:
-                remaining = len(self.exits) - k
-                if equilibrium:
-                    hidden_states = _GradientRescale.apply(hidden_states, 1.0 / remaining)
-                exit_logits.append(self.exits[k](hidden_states, attention_mask))
-                if equilibrium and remaining > 1:
-                    hidden_states = _GradientRescale.apply(hidden_states, float(remaining - 1))
-            all_hidden.append(hidden_states)
+        exit_logits = []
+
+        def record_exit(layer_idx: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None):
+            k = exit_index.get(layer_idx)
+            if k is None:
+                return hidden_states, None
+            remaining = len(self.exits) - k
+            if equilibrium:
+                hidden_states = _GradientRescale.apply(hidden_states, 1.0 / remaining)
+            exit_logits.append(self.exits[k](hidden_states, attention_mask))
+            if equilibrium and remaining > 1:
+                hidden_states = _GradientRescale.apply(hidden_states, float(remaining - 1))
+            return hidden_states, None
+
+        base = self.costeff(**inputs, output_hidden_states=output_hidden_states, exit_hook=record_exit, **kwargs)
         stacked = torch.stack(exit_logits, dim=1)
         batch_size = stacked.shape[0]
         return CostEffSequenceClassifierOutput(
@@ -509,72 +668,54 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
             exit_layer=torch.full(
                 (batch_size,), self.config.num_hidden_layers, dtype=torch.long, device=stacked.device
             ),
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            hidden_states=base.hidden_states,
         )
 
     def _forward_early_exit(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        criterion: str,
-        threshold: float | None,
-        patience: int,
-        **kwargs,
+        self, inputs: dict[str, torch.Tensor | None], decision: ExitDecision, **kwargs
     ) -> CostEffSequenceClassifierOutput:
-        batch_size, device = hidden_states.shape[0], hidden_states.device
-        if attention_mask is None:
-            attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=device)
-        logits = hidden_states.new_zeros(batch_size, self.num_labels)
+        """Batched early exit: each row leaves the batch at the first exit ``decision`` accepts (or the last one)."""
+        tokens = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        batch_size, device = tokens.shape[0], tokens.device
+        if inputs["attention_mask"] is None:
+            inputs["attention_mask"] = torch.ones(tokens.shape[:2], dtype=torch.long, device=device)
+        # Columns that are padding in every row go before the embeddings: they cannot change a real token.
+        names = [name for name in inputs if name != "attention_mask" and inputs[name] is not None]
+        mask, *trimmed = _trim_padding(inputs["attention_mask"], *(inputs[name] for name in names))
+        inputs.update(zip(names, trimmed, strict=True), attention_mask=mask)
+        logits = torch.zeros(batch_size, self.num_labels, dtype=self.dtype, device=device)
         exit_layer = torch.zeros(batch_size, dtype=torch.long, device=device)
         active = torch.arange(batch_size, device=device)  # original row of each row still in the batch
-        agree = torch.zeros(batch_size, dtype=torch.long, device=device)  # patience counters
-        previous = None
         exit_index = {layer - 1: k for k, layer in enumerate(self.config.exit_layers)}
-        hidden_states, attention_mask = _trim_padding(hidden_states, attention_mask)
-        mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
-        for i, layer in enumerate(self.costeff.encoder.layer):
-            hidden_states = layer(hidden_states, mask, **kwargs)
-            k = exit_index.get(i)
+
+        def leave_if_done(layer_idx: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None):
+            nonlocal active
+            k = exit_index.get(layer_idx)
             if k is None:
-                continue
+                return hidden_states, None
             exit_logits = self.exits[k](hidden_states, attention_mask)
-            if criterion == "patience":
-                agree = self._patience_update(agree, previous, exit_logits, threshold)
-                done, previous = agree >= patience, exit_logits
-            else:
-                done = exit_confident(exit_logits, criterion, threshold)
+            done = decision.update(exit_logits)
             if k == len(self.exits) - 1:
                 done = torch.ones_like(done)
             logits[active[done]] = exit_logits[done].to(logits.dtype)
-            exit_layer[active[done]] = i + 1
-            if bool(done.all()):
-                break
+            exit_layer[active[done]] = layer_idx + 1
             if bool(done.any()):
-                keep = ~done
-                active, agree, previous = active[keep], agree[keep], previous[keep] if previous is not None else None
-                hidden_states, attention_mask = _trim_padding(hidden_states[keep], attention_mask[keep])
-                mask = self.costeff.attention_mask_for(hidden_states, attention_mask)
+                active = active[~done]
+                decision.select(~done)
+            return hidden_states, ~done
+
+        self.costeff(**inputs, exit_hook=leave_if_done, **kwargs)
         return CostEffSequenceClassifierOutput(logits=logits, exit_layer=exit_layer)
 
-    def _patience_update(
-        self, agree: torch.Tensor, previous: torch.Tensor | None, exit_logits: torch.Tensor, threshold: float | None
-    ) -> torch.Tensor:
-        """PABEE's counter: +1 when this exit agrees with the previous one, reset to 0 otherwise."""
-        if previous is None:
-            return agree
-        if self.num_labels == 1:
-            same = (exit_logits - previous).abs().squeeze(-1) < threshold
-        else:
-            same = exit_logits.argmax(-1) == previous.argmax(-1)
-        return torch.where(same, agree + 1, torch.zeros_like(agree))
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """BERT's head loss: MSE for one label, cross-entropy for class ids, BCE for multi-label targets."""
         if self.num_labels == 1 or self.config.problem_type == "regression":
             return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
         if self.config.problem_type == "multi_label_classification":
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if labels.dtype.is_floating_point or int(labels.min()) < 0 or int(labels.max()) >= self.num_labels:
+        if labels.dtype.is_floating_point or (
+            not _is_tracing() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_labels)
+        ):
             raise ValueError(
                 f"labels must be class ids in [0, num_labels={self.num_labels}), got dtype {labels.dtype} "
                 f"and values in [{labels.min().item()}, {labels.max().item()}]"
@@ -584,7 +725,7 @@ class CostEffForSequenceClassification(CostEffPreTrainedModel):
     def _weighted_exit_loss(self, all_exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over exits of ``exit_loss_weights[k] * loss(exit k)`` (plain sum by default)."""
         weights = self.config.exit_loss_weights or [1.0] * all_exit_logits.shape[1]
-        return sum(w * self._loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
+        return sum(w * self.classification_loss(all_exit_logits[:, k], labels) for k, w in enumerate(weights) if w)
 
 
 def _load_bert(model_or_path, num_labels: int | None) -> PreTrainedModel:
@@ -638,6 +779,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "to
 
 def check_costeff_checkpoint(config_dict: dict, name: str | os.PathLike) -> None:
     """Raise a ``ValueError`` unless ``config_dict`` (a checkpoint's config.json) describes a CostEff model."""
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"config.json of {str(name)!r} must hold a JSON object, got a {type(config_dict).__name__}")
     model_type = config_dict.get("model_type")
     if model_type != "costeff":
         raise ValueError(
@@ -646,37 +789,102 @@ def check_costeff_checkpoint(config_dict: dict, name: str | os.PathLike) -> None
         )
 
 
-def exit_confident(logits: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
-    """Per-row exit decision for ``entropy`` (exit below the threshold) or ``confidence`` (exit at or above it).
+def exit_score(logits: torch.Tensor, criterion: str) -> torch.Tensor:
+    """What an ``entropy`` or ``confidence`` criterion compares with its threshold, per row.
 
-    ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``. ``patience`` is decided from consecutive agreeing exits,
-    not from one exit's logits, so it is handled by the caller.
+    ``logits`` ``(..., num_labels)`` -> ``(...)`` float32: the entropy of the softmax in nats, or its largest
+    probability.
     """
+    if criterion not in ("entropy", "confidence"):
+        raise ValueError(f"exit_confident decides 'entropy' or 'confidence', got exit_criterion={criterion!r}")
     log_probs = F.log_softmax(logits.float(), dim=-1)
     if criterion == "entropy":
         # -sum p log p from log-probabilities: finite even where p underflows to 0 (a NaN in the reference code).
-        return -(log_probs.exp() * log_probs).sum(-1) < threshold
-    return log_probs.max(-1).values.exp() >= threshold
+        return -(log_probs.exp() * log_probs).sum(-1)
+    if criterion == "confidence":
+        return log_probs.max(-1).values.exp()
+    raise ValueError(f"exit_score has no score for criterion {criterion!r}: use 'entropy' or 'confidence'")
 
 
-def _trim_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that are padding for every remaining row: they cannot change any real token."""
-    real_columns = (attention_mask != 0).any(dim=0).nonzero()
-    length = int(real_columns.max()) + 1
+def exit_confident(logits: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
+    """Per-row exit decision for ``entropy`` (exit below the threshold) or ``confidence`` (exit at or above it).
+
+    ``logits`` ``(rows, num_labels)`` -> bool ``(rows,)``. ``patience`` depends on consecutive exits: see
+    [`ExitDecision`].
+    """
+    score = exit_score(logits, criterion)
+    return score < threshold if criterion == "entropy" else score >= threshold
+
+
+def patience_update(
+    counter: torch.Tensor, previous: torch.Tensor | None, logits: torch.Tensor, regression_threshold: float | None
+) -> torch.Tensor:
+    """PABEE's counter: +1 where this exit agrees with the previous one, reset to 0 elsewhere (unchanged at the first
+    exit, ``previous is None``). Two exits agree when their argmax is the same or, for regression (one label), when
+    they differ by less than ``regression_threshold``."""
+    if previous is None:
+        return counter
+    if logits.shape[-1] == 1:
+        same = (logits - previous).abs().squeeze(-1) < regression_threshold
+    else:
+        same = logits.argmax(-1) == previous.argmax(-1)
+    return torch.where(same, counter + 1, torch.zeros_like(counter))
+
+
+class ExitDecision:
+    """The exit decision of a batch of rows, one exit after the other: the only implementation of the exit criteria.
+
+    The model's batched early exit and ``hf_costeff.evaluation.simulate_early_exit`` both feed it each exit's logits
+    in order, so a simulated exit is the exit the model takes. ``threshold`` is the entropy/confidence threshold, or,
+    with ``"patience"``, the regression agreement threshold; ``"none"`` never exits early. The caller makes the last
+    exit final.
+    """
+
+    def __init__(self, criterion: str, threshold: float | None = None, patience: int | None = None):
+        self.criterion, self.threshold, self.patience = criterion, threshold, patience
+        self.counter: torch.Tensor | None = None
+        self.previous: torch.Tensor | None = None
+
+    def update(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(rows, num_labels)`` of the next exit -> bool ``(rows,)``: which rows leave here."""
+        if self.criterion == "patience":
+            if self.counter is None:
+                self.counter = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            self.counter = patience_update(self.counter, self.previous, logits, self.threshold)
+            self.previous = logits
+            return self.counter >= self.patience
+        if self.criterion == "none":
+            return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        return exit_confident(logits, self.criterion, self.threshold)
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep the state of the rows ``keep`` (bool ``(rows,)``) only: the others left the batch."""
+        if self.counter is not None:
+            self.counter, self.previous = self.counter[keep], self.previous[keep]
+
+
+def _trim_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the trailing columns that are padding in every row (they cannot change a real token) from
+    ``attention_mask`` ``(rows, seq)`` and from each of ``tensors`` (cut alike along dim 1)."""
+    length = int((attention_mask != 0).any(dim=0).nonzero().max()) + 1
     if length == attention_mask.shape[1]:
-        return hidden_states, attention_mask
-    return hidden_states[:, :length], attention_mask[:, :length]
+        return (attention_mask, *tensors)
+    return (attention_mask[:, :length], *(t[:, :length] for t in tensors))
 
 
 __all__ = [
     "CostEffEmbeddings",
+    "CostEffEncoder",
     "CostEffExit",
     "CostEffForSequenceClassification",
     "CostEffLayer",
     "CostEffModel",
     "CostEffPreTrainedModel",
     "CostEffSequenceClassifierOutput",
+    "ExitDecision",
     "check_costeff_checkpoint",
     "convert_bert_state_dict",
     "exit_confident",
+    "exit_score",
+    "patience_update",
 ]

@@ -15,6 +15,7 @@ if is_torch_available():
         load_costeff,
         prepare_for_hub,
         push_costeff_to_hub,
+        recover_interrupted_save,
         save_pretrained_atomic,
     )
     from .pipeline import TASK, EarlyExitTextClassificationPipeline, register_pipeline, summarize_results
@@ -33,6 +34,7 @@ __all__ = [
     "load_costeff",
     "prepare_for_hub",
     "push_costeff_to_hub",
+    "recover_interrupted_save",
     "register_pipeline",
     "save_pretrained_atomic",
     "summarize_results",

@@ -203,17 +203,18 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _example_inputs(config: CostEffConfig, batch_size: int, seq_length: int, seed: int):
+def _example_inputs(model, batch_size: int, seq_length: int, seed: int):
     """Token ids, token types and a padding mask whose rows have different lengths (every row keeps a token)."""
     import torch  # noqa: PLC0415
 
+    config, device = model.config, next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_length), generator=generator)
     token_type_ids = torch.zeros_like(input_ids)
     lengths = torch.randint(1, seq_length + 1, (batch_size,), generator=generator)
     lengths[0] = seq_length
     attention_mask = (torch.arange(seq_length)[None, :] < lengths[:, None]).long()
-    return input_ids, token_type_ids, attention_mask
+    return input_ids.to(device), token_type_ids.to(device), attention_mask.to(device)
 
 
 def _export_segments(model, embeddings, blocks, folder: Path, opset_version: int | None) -> None:
@@ -222,7 +223,7 @@ def _export_segments(model, embeddings, blocks, folder: Path, opset_version: int
 
     config = model.config
     # Traced at batch 2 and length 8 (not 1: torch.export specializes size-1 dimensions).
-    input_ids, token_type_ids, attention_mask = _example_inputs(config, 2, min(8, config.max_position_embeddings), 0)
+    input_ids, token_type_ids, attention_mask = _example_inputs(model, 2, min(8, config.max_position_embeddings), 0)
     axes = {0: Dim("batch"), 1: Dim("sequence", max=config.max_position_embeddings)}
     common = {"dynamo": True, "opset_version": opset_version, "verbose": False}
     with warnings.catch_warnings():
@@ -257,19 +258,23 @@ def _validate_segments(model, embeddings, blocks, folder: Path, atol: float) -> 
 
     config = model.config
     seq_length = min(13, config.max_position_embeddings)
-    input_ids, token_type_ids, attention_mask = _example_inputs(config, 3, seq_length, seed=1)
+    input_ids, token_type_ids, attention_mask = _example_inputs(model, 3, seq_length, seed=1)
     session = ort.InferenceSession(str(folder / EMBEDDINGS_FILE), providers=["CPUExecutionProvider"])
     hidden_states = embeddings(input_ids, token_type_ids)
-    got = session.run(None, {"input_ids": input_ids.numpy(), "token_type_ids": token_type_ids.numpy()})[0]
-    _compare("embeddings", got, hidden_states.numpy(), atol)
+    got = session.run(None, {"input_ids": _np(input_ids), "token_type_ids": _np(token_type_ids)})[0]
+    _compare("embeddings", got, _np(hidden_states), atol)
     for k, (_, block) in enumerate(blocks):
         session = ort.InferenceSession(str(folder / _block_file(k)), providers=["CPUExecutionProvider"])
-        feeds = {"hidden_states": hidden_states.numpy(), "attention_mask": attention_mask.numpy()}
+        feeds = {"hidden_states": _np(hidden_states), "attention_mask": _np(attention_mask)}
         got_hidden, got_logits = session.run(None, feeds)
         hidden_states, logits = block(hidden_states, attention_mask)
-        real = attention_mask.numpy().astype(bool)  # padded positions carry no meaning
-        _compare(f"block {k} hidden states", got_hidden[real], hidden_states.numpy()[real], atol)
-        _compare(f"block {k} logits", got_logits, logits.numpy(), atol)
+        real = _np(attention_mask).astype(bool)  # padded positions carry no meaning
+        _compare(f"block {k} hidden states", got_hidden[real], _np(hidden_states)[real], atol)
+        _compare(f"block {k} logits", got_logits, _np(logits), atol)
+
+
+def _np(tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
 
 
 def _compare(name: str, got: np.ndarray, expected: np.ndarray, atol: float) -> None:

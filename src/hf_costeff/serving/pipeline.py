@@ -1,12 +1,12 @@
 """Early-exit text classification pipeline: the stock ``text-classification`` output plus, for each input, the layer
-it left at and the FLOPs it saved.
+it left at and its FLOPs.
 
 ``import hf_costeff.serving`` registers it as the task ``"costeff-text-classification"``:
 
 >>> clf = pipeline("costeff-text-classification", model=model, tokenizer=tokenizer)
 >>> clf(["great film", "dull"], exit_criterion="entropy", exit_threshold=0.2, batch_size=8)
-[{'label': 'LABEL_1', 'score': 0.93, 'exit_layer': 2, 'flops_saved': 0.61, 'flops': ..., 'full_flops': ...}, ...]
->>> clf.last_call_stats   # {'num_inputs': 2, 'mean_exit_layer': ..., 'flops_saved': ..., 'average_flops': ...}
+[{'label': 'LABEL_1', 'score': 0.93, 'exit_layer': 2, 'flops': ..., 'full_flops': ..., 'flops_speedup': 2.6}, ...]
+>>> clf.last_call_stats   # {'num_inputs': 2, 'avg_exit_layer': ..., 'avg_flops': ..., 'flops_speedup': ...}
 """
 
 from __future__ import annotations
@@ -27,28 +27,39 @@ TASK = "costeff-text-classification"
 
 
 def _texts(inputs: Any) -> list[str]:
-    """Every text of one pipeline input (a string, a ``{"text", "text_pair"}`` dict or a legacy ``[[a, b]]`` pair)."""
+    """Every text of one pipeline input (a string or a ``{"text", "text_pair"}`` dict)."""
     if isinstance(inputs, str):
         return [inputs]
     if isinstance(inputs, dict):
         return [v for k, v in inputs.items() if k in ("text", "text_pair")]
-    if isinstance(inputs, list) and len(inputs) == 1 and isinstance(inputs[0], list):
-        return list(inputs[0])
     return []
 
 
+def _as_pairs(inputs: Any) -> Any:
+    """``[[a, b], ...]`` (a batch of sentence pairs, as GLUE's pair tasks give them) as the dicts transformers 5
+    accepts; any other input unchanged."""
+    if (
+        isinstance(inputs, list)
+        and inputs
+        and all(isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(t, str) for t in x) for x in inputs)
+    ):
+        return [{"text": a, "text_pair": b} for a, b in inputs]
+    return inputs
+
+
 def summarize_results(results: Sequence[Any]) -> dict[str, float]:
-    """Aggregate the per-input outputs of one call: mean exit layer and the FLOPs saved over the whole call
-    (``1 - sum(flops) / sum(full_flops)``, i.e. weighted by each input's length)."""
+    """Aggregate the per-input outputs of one call, under ``hf_costeff.evaluation``'s names: ``avg_exit_layer``,
+    ``avg_flops`` and ``flops_speedup`` over the whole call (``sum(full_flops) / sum(flops)``, i.e. weighted by each
+    input's length)."""
     rows = [r[0] if isinstance(r, list) else r for r in results]
     if not rows:
         raise ValueError("summarize_results needs at least one result")
     flops, full = sum(r["flops"] for r in rows), sum(r["full_flops"] for r in rows)
     return {
         "num_inputs": len(rows),
-        "mean_exit_layer": sum(r["exit_layer"] for r in rows) / len(rows),
-        "average_flops": flops / len(rows),
-        "flops_saved": 1.0 - flops / full,
+        "avg_exit_layer": sum(r["exit_layer"] for r in rows) / len(rows),
+        "avg_flops": flops / len(rows),
+        "flops_speedup": full / flops,
     }
 
 
@@ -60,7 +71,7 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
     inputs longer than the model accepts are cut with a warning; ``False`` refuses them with a ``ValueError``).
 
     Each result dict gains ``exit_layer`` (1-based), ``flops`` and ``full_flops`` (FLOPs of this input's forward with
-    its unpadded length, see ``hf_costeff.cost.forward_flops``) and ``flops_saved = 1 - flops / full_flops``.
+    its unpadded length, see ``hf_costeff.cost.forward_flops``) and ``flops_speedup = full_flops / flops``.
     After a call, ``last_call_stats`` holds :func:`summarize_results` of it.
     """
 
@@ -97,7 +108,12 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         return preprocess, forward, postprocess
 
     def __call__(self, inputs: Any, **kwargs: Any):
-        results = super().__call__(inputs, **kwargs)
+        """Classify a string, a ``{"text", "text_pair"}`` dict, or a list of either (or of ``[text, text_pair]``
+        pairs). An empty list gives an empty list."""
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 0:
+            self.last_call_stats = None
+            return []
+        results = super().__call__(_as_pairs(inputs), **kwargs)
         flat = [results] if isinstance(results, dict) else results
         self.last_call_stats = summarize_results(flat) if flat else None
         return results
@@ -114,8 +130,9 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         for text in texts:
             if not isinstance(text, str):
                 raise ValueError(f"Inputs must be strings, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError("empty text: every input must contain at least one non-space character")
+            # Control characters and the like tokenize to nothing: the model would classify [CLS] [SEP] alone.
+            if not text.strip() or not self.tokenizer(text, add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"empty text: every input must contain at least one token, got {text!r}")
         max_length = tokenizer_kwargs.pop("max_length", None) or self._max_length()
         full = super().preprocess(inputs, **tokenizer_kwargs)
         length = full["input_ids"].shape[-1]
@@ -146,7 +163,7 @@ class EarlyExitTextClassificationPipeline(TextClassificationPipeline):
         length = int(model_outputs["seq_length"].reshape(-1)[0])
         config = self.model.config
         flops, full = forward_flops(config, length, exit_layer), forward_flops(config, length)
-        extra = {"exit_layer": exit_layer, "flops": flops, "full_flops": full, "flops_saved": 1.0 - flops / full}
+        extra = {"exit_layer": exit_layer, "flops": flops, "full_flops": full, "flops_speedup": full / flops}
         for row in result if isinstance(result, list) else [result]:
             row.update(extra)
         return result

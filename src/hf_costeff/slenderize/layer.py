@@ -1,4 +1,6 @@
-"""Head and FFN-neuron masks applied to a CostEff model through forward pre-hooks (nothing in the model changes).
+"""One layer's structured pruning: head/neuron masks (to score units) and slicing (to remove them).
+
+Masks are applied to a CostEff model through forward pre-hooks (nothing in the model changes).
 
 A head mask of layer ``l`` multiplies the input of ``encoder.layer[l].attention.output.dense``, the attention context
 ``(batch, seq, heads * head_dim)``, by the mask expanded over ``head_dim``: a 0 removes that head's contribution
@@ -9,11 +11,19 @@ Taylor estimate of the loss change when the unit is removed (Molchanov et al. 20
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import prune_linear_layer
+
+from .config import per_layer, update_model_configs
+
+if TYPE_CHECKING:
+    from .importance import Importance
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -92,4 +102,75 @@ def unit_masks(
             handle.remove()
 
 
-__all__ = ["encoder_layers", "unit_masks"]
+def _keep_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """``prune_linear_layer`` keeping dtype and ``requires_grad`` (it returns float32, trainable layers)."""
+    with warnings.catch_warnings():
+        # nn.Linear's init warns on a zero-size weight (a fully pruned block); the weight is overwritten anyway.
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        new = prune_linear_layer(linear, index, dim)
+    new = new.to(dtype=linear.weight.dtype)
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    if linear.bias is not None:
+        new.bias.requires_grad_(linear.bias.requires_grad)
+    return new
+
+
+@torch.no_grad()
+def prune_layer(layer: nn.Module, heads: Sequence[int] | None, neurons: Sequence[int] | None, head_dim: int) -> None:
+    """Keep only the heads ``heads`` and FFN neurons ``neurons`` (indices; ``None`` keeps all) of one ``CostEffLayer``.
+
+    Slices the query/key/value rows (and biases) of removed heads, the matching input columns of
+    ``attention.output.dense``, the rows (and bias) of ``intermediate.dense`` and the input columns of
+    ``output.dense``; an empty list leaves empty projections (the block adds only its output bias).
+    """
+    if heads is not None:
+        attention = layer.attention
+        keep = torch.tensor(list(heads), dtype=torch.long)
+        index = (keep[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+        for name in ("query", "key", "value"):
+            setattr(attention.self, name, _keep_linear(getattr(attention.self, name), index, dim=0))
+        attention.output.dense = _keep_linear(attention.output.dense, index, dim=1)
+        attention.self.num_heads = len(keep)
+    if neurons is not None:
+        keep = torch.tensor(list(neurons), dtype=torch.long)
+        layer.intermediate.dense = _keep_linear(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = _keep_linear(layer.output.dense, keep, dim=1)
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    importance: Importance,
+    layer_num_heads: Sequence[int] | int,
+    layer_intermediate_sizes: Sequence[int] | int,
+) -> nn.Module:
+    """Remove, in place, all but the ``layer_num_heads[l]`` most important heads and ``layer_intermediate_sizes[l]``
+    neurons of every layer (:func:`prune_layer`).
+
+    Updates ``config.layer_num_heads`` / ``layer_intermediate_sizes`` and ``attention.self.num_heads``. Layers already
+    at their target keep their Parameter objects; sliced layers get new ones, so an optimizer must be rebuilt.
+
+    Returns:
+        ``model`` itself.
+    """
+    config = model.config
+    importance.check(config)
+    heads = per_layer(layer_num_heads, config.num_hidden_layers, "layer_num_heads", config.layer_num_heads)
+    ffn = per_layer(
+        layer_intermediate_sizes,
+        config.num_hidden_layers,
+        "layer_intermediate_sizes",
+        config.layer_intermediate_sizes,
+    )
+    for i, layer in enumerate(encoder_layers(model)):
+        prune_layer(
+            layer,
+            importance.top_heads(i, heads[i]) if heads[i] != config.layer_num_heads[i] else None,
+            importance.top_neurons(i, ffn[i]) if ffn[i] != config.layer_intermediate_sizes[i] else None,
+            config.head_dim,
+        )
+    update_model_configs(model, layer_num_heads=list(heads), layer_intermediate_sizes=list(ffn))
+    return model
+
+
+__all__ = ["encoder_layers", "prune_layer", "prune_model", "unit_masks"]

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .model import _configs  # every distinct config object the modules hold
+from .config import model_configs  # every distinct config object the modules hold
 
 #: Configuration attributes holding token ids; each is kept and renumbered.
 TOKEN_ID_FIELDS = (
@@ -281,7 +281,7 @@ def trim_vocabulary(
 
     vocab = tokenizer.get_vocab()
     kept = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    for config in _configs(model):
+    for config in model_configs(model):
         for field in TOKEN_ID_FIELDS:
             for value in _token_ids(getattr(config, field, None)):
                 if not 0 <= value < len(tokenizer):
@@ -327,7 +327,7 @@ def trim_vocabulary(
         "min_count": min_count,
         "keep_characters": keep_characters,
     }
-    for config in _configs(model):
+    for config in model_configs(model):
         config.vocab_size = len(kept_ids)
         for field in TOKEN_ID_FIELDS:
             value = getattr(config, field, None)

@@ -42,8 +42,8 @@ class SlenderizeCallback(TrainerCallback):
     not know what pruning makes stale): the callback then raises at the first event instead of silently not pruning.
 
     Args:
-        pruning_config: ``hf_costeff.slenderize.PruningConfig`` holding the *final* target: ``heads_per_layer`` /
-            ``ffn_per_layer`` or ``encoder_keep_fraction`` (of the unpruned encoder's parameters), plus
+        pruning_config: ``hf_costeff.slenderize.PruningConfig`` holding the *final* target: ``layer_num_heads`` /
+            ``layer_intermediate_sizes`` or ``encoder_keep_fraction`` (of the unpruned encoder's parameters), plus
             ``keep_min_heads`` and ``embedding_rank`` (factorized at the last event when ``factorize_embedding``).
         num_events: number of pruning events (COST-EFF removes one head per layer per event).
         prune_steps: explicit optimizer steps (1-based ``global_step`` values) of the events; default: ``num_events``
@@ -79,13 +79,15 @@ class SlenderizeCallback(TrainerCallback):
             raise ValueError(f"prune_fraction must lie in (0, 1], got {prune_fraction!r}")
         if not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
-        has_widths = pruning_config.heads_per_layer is not None or pruning_config.ffn_per_layer is not None
+        has_widths = pruning_config.layer_num_heads is not None or pruning_config.layer_intermediate_sizes is not None
         has_fraction = pruning_config.encoder_keep_fraction is not None
         if has_widths and has_fraction:
-            raise ValueError("pruning_config: give heads_per_layer/ffn_per_layer or encoder_keep_fraction, not both")
+            raise ValueError(
+                "pruning_config: give layer_num_heads/layer_intermediate_sizes or encoder_keep_fraction, not both"
+            )
         if not (has_widths or has_fraction or pruning_config.embedding_rank is not None):
             raise ValueError(
-                "pruning_config needs a target: heads_per_layer/ffn_per_layer, encoder_keep_fraction or embedding_rank"
+                "pruning_config needs a target: layer_num_heads/layer_intermediate_sizes, encoder_keep_fraction or embedding_rank"
             )
         self.pruning_config = pruning_config
         self.num_events = num_events
@@ -141,14 +143,16 @@ class SlenderizeCallback(TrainerCallback):
             plan = PruningConfig(encoder_keep_fraction=fraction, keep_min_heads=pc.keep_min_heads)
             heads, ffn = plan_widths(config, importance, plan)
         else:
-            heads_target = pc.per_layer("heads_per_layer", layers) or [config.num_attention_heads] * layers
-            ffn_target = pc.per_layer("ffn_per_layer", layers) or [config.intermediate_size] * layers
+            heads_target = pc.heads(layers) if pc.layer_num_heads is not None else [config.num_attention_heads] * layers
+            ffn_target = (
+                pc.ffn(layers) if pc.layer_intermediate_sizes is not None else [config.intermediate_size] * layers
+            )
             heads = [_interpolate(config.num_attention_heads, t, event, self.num_events) for t in heads_target]
             ffn = [_interpolate(config.intermediate_size, t, event, self.num_events) for t in ffn_target]
             heads, ffn = plan_widths(
                 config,
                 importance,
-                PruningConfig(heads_per_layer=heads, ffn_per_layer=ffn, keep_min_heads=pc.keep_min_heads),
+                PruningConfig(layer_num_heads=heads, layer_intermediate_sizes=ffn, keep_min_heads=pc.keep_min_heads),
             )
         # Widths never grow back: a width already below the line stays where it is.
         return (

@@ -17,8 +17,9 @@ import torch
 from accelerate.utils import reduce
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint, speed_metrics
+from transformers.trainer_utils import speed_metrics
 
+from ..checkpoints import last_complete_checkpoint
 from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS
 from ..evaluation import ExitPredictions, evaluate_exit_logits
 from ..modeling_costeff import CostEffForSequenceClassification
@@ -395,10 +396,10 @@ class MultiExitTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; when resuming, first rebuilds the model with the checkpoint's shapes (a checkpoint
         written after a pruning event is smaller than the model this trainer was built with)."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is True:  # the newest *complete* one: a killed save leaves a half-written folder
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+                raise ValueError(f"No complete checkpoint found in output directory ({self.args.output_dir})")
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.match_checkpoint_shapes(str(resume_from_checkpoint))
         return super().train(
