@@ -226,3 +226,11 @@ def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir,
     assert "prune_small" not in task["pending"]  # one line per model, naming the stage it waits for
     assert task["pending"]["costeff_small"].startswith("prune_small")
     assert "PARTIAL" in (tmp_path / "results.md").read_text()
+
+
+def test_targets_with_nothing_measured_are_not_met():
+    """An all-pending report must not read as a kept promise (no model measured is not "no violation")."""
+    report = {"tasks": {"sst2": {"teacher": None, "models": [], "matched_flops": {}}}}
+    out = glue_table.targets(report, [])
+    assert out["policies_within_allowed_drop"] == {"violations": [], "checked": 0, "met": False, "measured": False}
+    assert not any(t["met"] for t in out.values()) and not any(t["measured"] for t in out.values())

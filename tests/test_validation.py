@@ -153,12 +153,26 @@ def test_bad_inputs_named(model, kwargs, error, field):
         model(input_ids=torch.tensor([[1, 2, 3]]), **kwargs)
 
 
-@pytest.mark.parametrize("ids", [torch.tensor([[1.0, 2.0]]), torch.tensor([[True, False]])])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([[True, False]]),
+        torch.tensor([[1, 2]], dtype=torch.uint8),  # integers the embedding cannot index with (found by test_fuzz)
+        torch.tensor([[1, 2]], dtype=torch.int16),
+    ],
+)
 def test_non_integer_input_ids(model, ids):
     with pytest.raises(TypeError, match="input_ids"):
         model(input_ids=ids)
     with pytest.raises(TypeError, match="input_ids"):
         model.costeff(input_ids=ids)
+
+
+def test_int32_ids_accepted(model):
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids.int()).logits, model(input_ids=ids).logits)
 
 
 def test_valid_optional_inputs_still_work(model):

@@ -473,8 +473,9 @@ def _describe(value) -> str:
 
 
 def _check_ids(name: str, ids) -> None:
-    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (torch.long), got {_describe(ids)}")
+    # nn.Embedding indexes with int64/int32 only: uint8/int8/int16 ids would fail deep inside torch.
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor (torch.long or torch.int32), got {_describe(ids)}")
 
 
 def _check_input_values(
