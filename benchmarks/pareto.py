@@ -50,7 +50,7 @@ from hf_costeff.evaluation import (
     sweep_thresholds,
 )
 from hf_costeff.slenderize import compute_importance, factorize_embeddings, prune_model
-from hf_costeff.training import MultiExitTrainer
+from hf_costeff.training import MultiExitTrainer, stage_loss_weights
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("pareto")
@@ -236,9 +236,7 @@ def build_ta(ctx, teacher):
         epochs=args.epochs,
         lr=args.lr,
         teacher=teacher_as_costeff(teacher, exit_layers=[ctx["num_layers"]]),
-        alpha=0.5,
-        beta=0.5,
-        gamma=1.0,
+        **stage_loss_weights("ta"),  # 0.5 CE + 0.5 pred-KD + hidden-KD
     )
     return model, {
         "recipe": f"from teacher, tanh {args.exit_pooling}-pooled exits, 0.5 CE + 0.5 pred-KD(teacher) + hidden-KD, {args.epochs} ep"

@@ -36,9 +36,10 @@ def _policy(r: dict) -> str:
 def readme_paragraph(r: dict) -> str:
     """The README's "Set-up" paragraph on the main job."""
     params_ratio = r["teacher_params"] / r["student_params"]["total"]
+    ta = f"teaching assistant {_pct(r['ta_full_accuracy'])} through all layers; " if "ta_full_accuracy" in r else ""
     return (
         f"One run ({r['date']}, {r['machine']}; {r['wall_seconds'] / 60:.1f} minutes wall time, the machine shared "
-        f"with other jobs): teacher {_pct(r['teacher_eval_accuracy'])} dev accuracy; student {params_ratio:.1f}× fewer "
+        f"with other jobs): teacher {_pct(r['teacher_eval_accuracy'])} dev accuracy; {ta}student {params_ratio:.1f}× fewer "
         f"parameters, {_pct(r['student_full_accuracy'])} through all layers and {_pct(r['deployed_accuracy'])} with "
         f"its saved exit policy ({_policy(r)}, dev drop {100 * r['deployed_metric_drop']:.2f} points of the allowed "
         f"{100 * r['max_metric_drop']:g}), where it spends {r['teacher_avg_flops'] / r['deployed_avg_flops']:.1f}× "
@@ -57,15 +58,27 @@ def compress_section(r: dict) -> str:
     )
     exits = sorted(int(m.group(1)) for k in r if (m := re.fullmatch(rf"eval_exit(\d+)_{metric}", k)) is not None)
     t_flops = r["teacher_avg_flops"]
+    stages = r.get("stages", [])
+    ta_seconds = sum(s["train_seconds"] for s in stages if s["stage"] == "ta")
     lines = [
         f"Run of {r['date']} on {r['machine']}: {r['wall_seconds']:.0f} s wall time (teacher "
-        f"{r.get('teacher_train_seconds', float('nan')):.0f} s, student {r['student_train_seconds']:.0f} s of training). "
+        f"{r.get('teacher_train_seconds', float('nan')):.0f} s, "
+        + (f"TA {ta_seconds:.0f} s, " if "ta_full_accuracy" in r else "")
+        + f"student {r['student_train_seconds']:.0f} s of training). "
         "Source: [results/main_job_sst2.json](results/main_job_sst2.json).",
         "",
         "| | dev accuracy | parameters | encoder parameters | MFLOPs / example | FLOPs ÷ teacher | measured speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| teacher | {_pct(r['teacher_eval_accuracy'])} | {r['teacher_params'] / 1e6:.2f}M | "
         f"{r['teacher_encoder_params'] / 1e6:.2f}M | {t_flops / 1e6:.1f} | 1.0× | 1.00× |",
+    ]
+    if "ta_full_accuracy" in r:
+        lines.append(
+            f"| teaching assistant (TA), every layer | {_pct(r['ta_full_accuracy'])} | {r['ta_params'] / 1e6:.2f}M | "
+            f"{r['ta_encoder_params'] / 1e6:.2f}M | {r['ta_avg_flops'] / 1e6:.1f} | {t_flops / r['ta_avg_flops']:.1f}× | "
+            f"{r['ta_measured_speedup']:.2f}× |"
+        )
+    lines += [
         f"| student, every layer | {_pct(r['student_full_accuracy'])} | {r['student_params']['total'] / 1e6:.2f}M | "
         f"{r['student_params']['encoder'] / 1e6:.2f}M | {r['student_full_avg_flops'] / 1e6:.1f} | "
         f"{t_flops / r['student_full_avg_flops']:.1f}× | {r['student_full_measured_speedup']:.2f}× |",
@@ -80,6 +93,14 @@ def compress_section(r: dict) -> str:
         f"{r['deployed_avg_exit_layer']:.2f}).",
     ]
     lines += [f"Warning of the run: {w}" for w in r.get("deployed_policy_warnings", [])]
+    if stages:
+        lines += ["", "The stages, each with its dev accuracy through every layer:", ""]
+        lines += [
+            f"{number}. {s['description']}: "
+            + (f"{_pct(s['dev_accuracy'])}, " if s.get("dev_accuracy") is not None else "")
+            + f"{s['train_seconds']:.0f} s."
+            for number, s in enumerate(stages, 1)
+        ]
     lines += [
         "",
         "| entropy threshold | dev accuracy | mean exit layer | FLOPs ÷ teacher |",

@@ -1,13 +1,19 @@
 #!/usr/bin/env python
 """COST-EFF on a GLUE task with ``transformers.Trainer``, in the style of ``run_glue.py``.
 
-Stages:
+Stages (each a ``MultiExitTrainer`` run; its dev metric goes to ``all_results.json``):
   1. teacher: fine-tune ``BertForSequenceClassification`` from ``--model_name_or_path`` (or load
      ``--teacher_name_or_path``; a teacher already in ``<output_dir>/teacher`` is reused);
-  2. student: convert to a multi-exit CostEff model (``CostEffForSequenceClassification.from_bert``);
-  3. joint slenderization + distillation: ``MultiExitTrainer`` with the teacher and a ``SlenderizeCallback`` that
-     prunes heads/FFN neurons to the targets (and factorizes the word embedding) during the run;
-  4. evaluation of every exit and of the entropy early-exit policy at ``--eval_thresholds``.
+  2. conversion to a multi-exit CostEff model (``CostEffForSequenceClassification.from_bert``) and, with
+     ``--ta_epochs``, COST-EFF's teaching assistant: that model distilled from the teacher (hard labels + per-exit
+     prediction KD + hidden-state KD), saved to ``<output_dir>/ta`` (reused by a rerun);
+  3. slenderization + distillation: a copy of the TA (without one: the converted model) trained by ``MultiExitTrainer``
+     with the TA (else the teacher) as teacher and a ``SlenderizeCallback`` that prunes heads/FFN neurons to the
+     targets iteratively (by default one head per layer per event) and factorizes the word embedding at its last
+     event; then, with ``--recover_hidden_epochs`` / ``--recover_epochs``, recovery distillation from the TA: hidden
+     states only, then per-exit predictions + hidden states;
+  4. evaluation of every exit and of the entropy early-exit policy at ``--eval_thresholds``, and the saved exit
+     threshold: calibrated on held-out training rows, checked on dev.
 
 Writes ``<output_dir>/final`` (the slenderized model, ``save_pretrained``, with a README.md card) and
 ``<output_dir>/all_results.json``.
@@ -16,12 +22,16 @@ Example (MiniLM, SST-2 subset, a few minutes on 2 CPU cores)::
 
     python examples/run_costeff_glue.py --model_name_or_path minilm --glue_dir ../shared/data/glue \
         --task_name sst2 --output_dir runs/sst2-minilm --max_train_samples 2000 --max_seq_length 64 \
-        --target_heads 4 --target_ffn 384 --embedding_rank 128 --use_cpu
+        --target_heads 4 --target_ffn 384 --embedding_rank 128 --ta_epochs 1 --recover_hidden_epochs 0.5 \
+        --recover_epochs 1 --use_cpu
+
+``examples/main_job.sh`` is the measured version of that command (its figures: README.md, docs/compress.md).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -60,7 +70,7 @@ from hf_costeff.evaluation import (
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer, save_pretrained_atomic
 from hf_costeff.slenderize import write_vocab_file
-from hf_costeff.training import MultiExitTrainer, SlenderizeCallback
+from hf_costeff.training import MultiExitTrainer, SlenderizeCallback, stage_loss_weights
 
 logger = logging.getLogger("run_costeff_glue")
 
@@ -75,11 +85,45 @@ class CostEffArguments:
         default=None, metadata={"help": "An already fine-tuned teacher (BERT or CostEff); skips stage 1."}
     )
     glue_dir: str | None = field(default=None, metadata={"help": "Folder with <task>/{train,dev}.tsv; else the Hub."})
-    max_seq_length: int = field(default=128)
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (longer inputs are truncated)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on at most this many rows (default: every row not held out)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first this many dev rows (default: all)."}
+    )
     teacher_epochs: float = field(default=1.0, metadata={"help": "Stage-1 fine-tuning epochs."})
-    teacher_learning_rate: float = field(default=5e-5)
+    teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Stage-1 fine-tuning learning rate."})
+    ta_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Epochs of COST-EFF's teaching assistant (TA): the converted multi-exit model distilled from the "
+            "teacher (--ta_alpha hard labels + the rest per-exit prediction KD, plus hidden-state KD); a copy of it "
+            "is then pruned and every later stage distils from the TA. A TA already in <output_dir>/ta is reused. "
+            "0: no TA, the student is pruned while distilled from the teacher."
+        },
+    )
+    ta_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the TA stage (default: --learning_rate)."}
+    )
+    ta_alpha: float = field(
+        default=0.5,
+        metadata={"help": "Hard-label weight of the TA stage; its prediction-KD weight is 1 - this (COST-EFF: 0.5)."},
+    )
+    recover_hidden_epochs: float = field(
+        default=0.0,
+        metadata={"help": "Epochs of recovery after pruning: hidden-state KD only, from the TA (else the teacher)."},
+    )
+    recover_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Epochs of the last recovery stage: per-exit prediction + hidden-state KD from the TA (else the "
+            "teacher)."
+        },
+    )
+    recover_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of both recovery stages (default: --learning_rate)."}
+    )
     student_init: str = field(
         default="teacher",
         metadata={
@@ -101,13 +145,25 @@ class CostEffArguments:
         default=None, metadata={"help": "Instead of heads/FFN: fraction of encoder parameters kept (global ranking)."}
     )
     embedding_rank: int | None = field(default=None, metadata={"help": "SVD rank of the word embedding at the end."})
-    num_prune_events: int = field(default=2)
-    prune_fraction: float = field(default=0.5, metadata={"help": "Pruning events are spread over this fraction."})
+    num_prune_events: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pruning events (default: one per head removed per layer, COST-EFF's iterative schedule, e.g. 8 "
+            "for 12 -> 4 heads; 2 without --target_heads)."
+        },
+    )
+    prune_fraction: float = field(
+        default=0.5, metadata={"help": "The events are spread over this fraction of the pruning stage's steps."}
+    )
     calibration_batches: int = field(default=4, metadata={"help": "Training batches per importance estimate."})
-    alpha: float | None = field(default=None, metadata={"help": "Hard-label weight (default 0 with a teacher)."})
-    beta: float | None = field(default=None, metadata={"help": "Prediction-KD weight (default 1)."})
-    gamma: float | None = field(default=None, metadata={"help": "Hidden-KD weight (default 1)."})
-    temperature: float = field(default=1.0)
+    alpha: float | None = field(
+        default=None, metadata={"help": "Hard-label weight of the pruning stage (default 0: it distils)."}
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "Prediction-KD weight of the pruning stage (default 1)."}
+    )
+    gamma: float | None = field(default=None, metadata={"help": "Hidden-KD weight of the pruning stage (default 1)."})
+    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature of every stage."})
     eval_thresholds: str = field(default="0.1,0.3", metadata={"help": "Entropy thresholds evaluated at the end."})
     calibration_samples: int = field(
         default=2000,
@@ -288,14 +344,215 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
     return teacher, metrics
 
 
-def teacher_average_flops(teacher_config, dataset) -> float:
-    """The teacher's mean FLOPs per dev example (every layer, real lengths): the reference of the speed-ups."""
-    if getattr(teacher_config, "model_type", None) != "costeff":
-        teacher_config = CostEffConfig.from_bert_config(
-            teacher_config, exit_layers=[teacher_config.num_hidden_layers], exit_pooler="dense"
-        )
+def full_depth_average_flops(config, dataset) -> float:
+    """A model's mean FLOPs per example of ``dataset`` through every layer (real lengths): the teacher's is the
+    reference of the speed-ups. ``config``: a BERT (read as a single-exit CostEff model) or CostEff configuration."""
+    if getattr(config, "model_type", None) != "costeff":
+        config = CostEffConfig.from_bert_config(config, exit_layers=[config.num_hidden_layers], exit_pooler="dense")
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    return average_flops(teacher_config, [teacher_config.num_hidden_layers] * len(lengths), lengths)
+    return average_flops(config, [config.num_hidden_layers] * len(lengths), lengths)
+
+
+# ---------------------------------------------------------------- the distillation stages
+
+
+def teacher_stage_record(cargs, results: dict, train_rows: int, model_label: str) -> dict:
+    """The teacher's entry of ``results["stages"]`` (what it is, its dev metric); ``model_label``: the
+    ``--model_name_or_path`` the user gave."""
+    metric = get_task(cargs.task_name).main_metric
+    if "teacher_train_seconds" in results:
+        what = (
+            f"teacher: {model_label} fine-tuned for {_epochs(cargs.teacher_epochs)} on "
+            f"{train_rows} training rows, lr {cargs.teacher_learning_rate:g}"
+        )
+    else:
+        what = f"teacher: loaded from {cargs.teacher_name_or_path or 'the output folder'}"
+    return {
+        "stage": "teacher",
+        "description": what,
+        f"dev_{metric}": results.get(f"teacher_eval_{metric}"),
+        "train_seconds": results.get("teacher_train_seconds", 0.0),
+    }
+
+
+def _epochs(value: float) -> str:
+    return f"{value:g} epoch" + ("" if value == 1 else "s")
+
+
+def loss_text(trainer: MultiExitTrainer) -> str:
+    """``"0.5 hard labels + 0.5 per-exit prediction KD + hidden-state KD"``: the stage's loss, from its weights."""
+    terms = [
+        ("hard labels", trainer.alpha),
+        ("per-exit prediction KD", trainer.beta),
+        ("hidden-state KD", trainer.gamma),
+    ]
+    return " + ".join(name if weight == 1 else f"{weight:g} {name}" for name, weight in terms if weight > 0)
+
+
+def num_prune_events(cargs, config) -> int:
+    """``--num_prune_events``, by default COST-EFF's iterative schedule: one event per head removed per layer."""
+    if cargs.num_prune_events is not None:
+        return cargs.num_prune_events
+    if cargs.target_heads is None:
+        return 2
+    return max(1, config.num_attention_heads - cargs.target_heads)
+
+
+def pruning_callback(cargs, config) -> SlenderizeCallback:
+    from hf_costeff.slenderize import PruningConfig  # noqa: PLC0415
+
+    pruning = PruningConfig(
+        encoder_keep_fraction=cargs.encoder_keep_fraction,
+        layer_num_heads=cargs.target_heads,
+        layer_intermediate_sizes=cargs.target_ffn,
+        embedding_rank=cargs.embedding_rank,
+    )
+    return SlenderizeCallback(
+        pruning,
+        num_events=num_prune_events(cargs, config),
+        prune_fraction=cargs.prune_fraction,
+        calibration_batches=cargs.calibration_batches,
+        temperature=cargs.temperature,
+    )
+
+
+def prune_description(cargs, callback: SlenderizeCallback, source_name: str) -> str:
+    """What the pruning stage does, for the stage record and the model card."""
+    if cargs.encoder_keep_fraction is not None:
+        target = f"{cargs.encoder_keep_fraction:g} of the encoder's parameters"
+    else:
+        widths = [f"{cargs.target_heads} heads" if cargs.target_heads else None]
+        widths.append(f"{cargs.target_ffn} FFN neurons" if cargs.target_ffn else None)
+        target = " / ".join(w for w in widths if w) + " per layer" if any(widths) else "full width"
+    if cargs.embedding_rank is not None:
+        target += f", word embedding of rank {cargs.embedding_rank} at the last event"
+    start = "a copy of the TA" if source_name == "TA" else "the converted model"
+    events = callback.num_events
+    return (
+        f"pruning: {start}, pruned in {events} event{'s' if events > 1 else ''} over the first "
+        f"{cargs.prune_fraction:g} of the stage to {target}; Taylor importance over every exit against the "
+        f"{source_name}'s soft labels ({cargs.calibration_batches} training batch"
+        f"{'es' if cargs.calibration_batches > 1 else ''} per event)"
+    )
+
+
+class Stages:
+    """Runs the distillation stages, each a ``MultiExitTrainer`` on the training rows, and records each one in
+    ``results["stages"]``: what it did, its loss weights, time, and dev metric through every layer and per exit."""
+
+    def __init__(self, cargs, targs, data, collator, tokenizer):
+        self.cargs, self.targs, self.data, self.collator, self.tokenizer = cargs, targs, data, collator, tokenizer
+        self.metric = get_task(cargs.task_name).main_metric
+
+    def args(self, name: str, epochs: float, learning_rate: float | None) -> TrainingArguments:
+        """The run's ``TrainingArguments`` for stage ``name``: its epochs and learning rate (default: the run's), and
+        its own folder ``<output_dir>/<name>`` for any checkpoint it saves."""
+        return dataclasses.replace(
+            self.targs,
+            output_dir=str(Path(self.targs.output_dir) / name),
+            num_train_epochs=epochs,
+            learning_rate=learning_rate if learning_rate is not None else self.targs.learning_rate,
+        )
+
+    def run(
+        self,
+        name: str,
+        model,
+        kd_source,
+        source_name: str,
+        args: TrainingArguments,
+        *,
+        weights: dict,
+        description: str,
+        results: dict,
+        callbacks=None,
+        thresholds=(),
+        resume_from_checkpoint=None,
+        train: bool = True,
+    ) -> MultiExitTrainer:
+        """Train ``model`` for stage ``name`` (``train=False``: only evaluate it), distilled from ``kd_source``;
+        appends the stage's record to ``results["stages"]`` and returns its trainer."""
+        trainer = MultiExitTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.data["train"],
+            eval_dataset=self.data["validation"],
+            data_collator=self.collator,
+            processing_class=self.tokenizer,
+            teacher=kd_source,
+            temperature=self.cargs.temperature,
+            task_name=self.cargs.task_name,
+            eval_exit_thresholds=thresholds,
+            callbacks=callbacks,
+            **weights,
+        )
+        start, loss = time.time(), None
+        if train:
+            loss = trainer.train(resume_from_checkpoint=resume_from_checkpoint).training_loss
+        seconds = time.time() - start
+        metrics = trainer.evaluate()
+        config = trainer.model.config
+        per_exit = [metrics[f"eval_exit{layer}_{self.metric}"] for layer in config.exit_layers]
+        record = {
+            "stage": name,
+            "description": f"{description}, {_epochs(args.num_train_epochs)} of {loss_text(trainer)} from the "
+            f"{source_name}, lr {args.learning_rate:g}",
+            "distilled_from": source_name,
+            "epochs": args.num_train_epochs,
+            "learning_rate": args.learning_rate,
+            "alpha": trainer.alpha,
+            "beta": trainer.beta,
+            "gamma": trainer.gamma,
+            "train_seconds": seconds,
+            "train_loss": loss,
+            f"dev_{self.metric}": per_exit[-1],
+            f"dev_exit_{self.metric}": per_exit,
+            "encoder_params": count_parameters(config)["encoder"],
+        }
+        if not train:
+            record["description"] = f"{description}: reused from {args.output_dir}"
+            record["reused"] = True
+        results["stages"].append(record)
+        logger.info("Stage %s: dev %s %.4f through every layer (%.0f s)", name, self.metric, per_exit[-1], seconds)
+        return trainer
+
+    def teaching_assistant(self, model, teacher, results: dict):
+        """COST-EFF's TA: ``model`` (the converted multi-exit model) distilled from the teacher for ``--ta_epochs``,
+        saved to ``<output_dir>/ta`` (by the main process); a TA already there is loaded and only evaluated."""
+        cargs = self.cargs
+        if not 0.0 <= cargs.ta_alpha <= 1.0:
+            raise ValueError(f"--ta_alpha must lie in [0, 1], got {cargs.ta_alpha}")
+        args = self.args("ta", cargs.ta_epochs, cargs.ta_learning_rate)
+        folder = Path(args.output_dir)
+        reuse = (folder / "config.json").exists()
+        if reuse:
+            logger.info("Stage 2b: reusing the TA in %s (delete it to train a new one)", folder)
+            model = CostEffForSequenceClassification.from_pretrained(folder)
+        config = model.config
+        what = (
+            f"teaching assistant: the {'teacher' if cargs.student_init == 'teacher' else 'pre-trained model'} "
+            f"with an exit after each of its {config.num_hidden_layers} layers ({config.exit_pooler} pooler, "
+            f"{config.exit_pooling} pooling, gradient equilibrium {'on' if config.gradient_equilibrium else 'off'})"
+        )
+        weights = {**stage_loss_weights("ta"), "alpha": cargs.ta_alpha, "beta": 1.0 - cargs.ta_alpha}
+        trainer = self.run(
+            "ta", model, teacher, "teacher", args, weights=weights, description=what, results=results, train=not reuse
+        )
+        if not reuse:
+            trainer.save_model(str(folder))  # the main process writes
+        results[f"ta_full_{self.metric}"] = results["stages"][-1][f"dev_{self.metric}"]
+        return trainer.model.eval()
+
+
+def ta_costs(ta, dev) -> dict:
+    """The TA's size and mean FLOPs per dev example through every layer (the summary table's TA column)."""
+    params = count_parameters(ta.config)
+    return {
+        "ta_params": params["total"],
+        "ta_encoder_params": params["encoder"],
+        "ta_num_layers": ta.config.num_hidden_layers,
+        "ta_avg_flops": full_depth_average_flops(ta.config, dev),
+    }
 
 
 # ---------------------------------------------------------------- calibration of the saved exit policy
@@ -373,10 +630,10 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     )
 
 
-def measure_speed(teacher, model, teacher_dev, student_dev, cargs, batch_size: int, results: dict) -> None:
-    """Wall time per example of the teacher, the student through every layer and with its saved policy, on the first
-    ``--latency_samples`` dev rows (median of 3 passes, this process's threads). Each model reads the dev rows as its
-    own tokenizer encodes them (they differ after --trim_vocabulary)."""
+def measure_speed(teacher, model, teacher_dev, student_dev, cargs, batch_size: int, results: dict, ta=None) -> None:
+    """Wall time per example of the teacher, the TA (if any) and the student through every layer, and the student
+    with its saved policy, on the first ``--latency_samples`` dev rows (median of 3 passes, this process's threads).
+    Each model reads the dev rows as its own tokenizer encodes them (they differ after --trim_vocabulary)."""
     n = min(cargs.latency_samples, len(teacher_dev))
     if n < 1:
         return
@@ -388,6 +645,11 @@ def measure_speed(teacher, model, teacher_dev, student_dev, cargs, batch_size: i
     teacher_rows, student_rows = rows(teacher_dev), rows(student_dev)
     timings = {
         "teacher": measure_latency(teacher, teacher_rows, batch_size=batch_size, repeats=3),
+        **(
+            {"ta": measure_latency(ta, teacher_rows, batch_size=batch_size, repeats=3, exit_criterion="none")}
+            if ta is not None
+            else {}
+        ),
         "student_full": measure_latency(model, student_rows, batch_size=batch_size, repeats=3, exit_criterion="none"),
         "deployed": measure_latency(model, student_rows, batch_size=batch_size, repeats=3),
     }
@@ -435,7 +697,36 @@ def save_final_model(model, tokenizer, folder: Path, cargs, results: dict, teach
         repo_id=str(folder),
         base_model=None if os.path.isdir(cargs.model_name_or_path) else cargs.model_name_or_path,  # Hub ids only
         seq_length=cargs.max_seq_length,
+        training_recipe=training_recipe(results, main_metric),
     )
+
+
+def training_recipe(results: dict, metric: str) -> list[str]:
+    """The model card's account of the run: every stage with its dev metric, then how the exit policy was chosen."""
+    steps = [
+        stage["description"]
+        + (
+            f" (dev {metric} {stage[f'dev_{metric}']:.4f} through every layer)"
+            if stage.get(f"dev_{metric}") is not None
+            else ""
+        )
+        for stage in results.get("stages", [])
+    ]
+    threshold = results["calibrated_exit_threshold"]
+    policy = (
+        f"exit policy: entropy < {threshold:.4f}, the fastest threshold losing at most "
+        f"{results['max_metric_drop'] - results['calibration_margin']:g} {metric} on {results['calibration_rows']} "
+        "held-out training rows"
+        if threshold is not None
+        else f"exit policy: no entropy threshold met the target on {results['calibration_rows']} held-out training rows"
+    )
+    if results["deployed_exit_criterion"] == "entropy":
+        policy += (
+            f"; on dev it lost {results['deployed_metric_drop']:.4f} of the allowed {results['max_metric_drop']:g}"
+        )
+    else:
+        policy += "; saved to run every layer (the threshold did not keep its promise on dev)" if threshold else ""
+    return [*steps, policy]
 
 
 # ---------------------------------------------------------------- end-of-run summary
@@ -454,70 +745,75 @@ def _widths(values: list[int]) -> str:
 
 
 def summary_table(results: dict, task: str) -> str:
-    """The end-of-run table, from ``results`` (= all_results.json) alone: teacher vs student (every layer, and with
-    the saved exit policy) — main metric, parameters, mean FLOPs per dev example, measured time — then the policy's
-    promise check and the pruning events."""
+    """The end-of-run table, from ``results`` (= all_results.json) alone: teacher, TA (when the run had one) and
+    student (every layer, and with the saved exit policy) — main metric, parameters, mean FLOPs per dev example,
+    measured time — then the policy's promise check, each training stage and each pruning event."""
     metric = get_task(task).main_metric
     policy = (
         f"entropy < {results['deployed_exit_threshold']:.4f}"
         if results["deployed_exit_criterion"] == "entropy"
         else "every layer"
     )
-    columns = ["teacher", "student, all layers", f"student, saved ({policy})"]
-    t_flops, s_flops, d_flops = (
-        results["teacher_avg_flops"],
-        results["student_full_avg_flops"],
-        results["deployed_avg_flops"],
-    )
+    student = results["student_params"]
+    # One column per model: (header, key prefix of its timings, metric, total / encoder parameters, FLOPs, exit layer)
+    models = [
+        (
+            "teacher",
+            "teacher",
+            results.get(f"teacher_eval_{metric}", float("nan")),
+            results["teacher_params"],
+            results["teacher_encoder_params"],
+            results["teacher_avg_flops"],
+            str(results["teacher_num_layers"]),
+        )
+    ]
+    if f"ta_full_{metric}" in results:
+        models.append(
+            (
+                "TA, all layers",
+                "ta",
+                results[f"ta_full_{metric}"],
+                results["ta_params"],
+                results["ta_encoder_params"],
+                results["ta_avg_flops"],
+                str(results["ta_num_layers"]),
+            )
+        )
+    models += [
+        (
+            "student, all layers",
+            "student_full",
+            results[f"student_full_{metric}"],
+            student["total"],
+            student["encoder"],
+            results["student_full_avg_flops"],
+            f"{results['student_num_layers']:.2f}",
+        ),
+        (
+            f"student, saved ({policy})",
+            "deployed",
+            results[f"deployed_{metric}"],
+            student["total"],
+            student["encoder"],
+            results["deployed_avg_flops"],
+            f"{results['deployed_avg_exit_layer']:.2f}",
+        ),
+    ]
+    columns = [m[0] for m in models]
+    t_flops = results["teacher_avg_flops"]
     rows = [
-        (
-            f"dev {metric}",
-            [
-                f"{results.get(f'teacher_eval_{metric}', float('nan')):.4f}",
-                f"{results[f'student_full_{metric}']:.4f}",
-                f"{results[f'deployed_{metric}']:.4f}",
-            ],
-        ),
-        (
-            "parameters",
-            [
-                _count(results["teacher_params"]),
-                _count(results["student_params"]["total"]),
-                _count(results["student_params"]["total"]),
-            ],
-        ),
-        (
-            "encoder parameters",
-            [
-                _count(results["teacher_encoder_params"]),
-                _count(results["student_params"]["encoder"]),
-                _count(results["student_params"]["encoder"]),
-            ],
-        ),
-        ("FLOPs per example (dev mean)", [_flops(t_flops), _flops(s_flops), _flops(d_flops)]),
-        ("FLOPs speed-up vs teacher", ["1.00x", f"{t_flops / s_flops:.2f}x", f"{t_flops / d_flops:.2f}x"]),
-        (
-            "mean exit layer",
-            [
-                str(results["teacher_num_layers"]),
-                f"{results['student_num_layers']:.2f}",
-                f"{results['deployed_avg_exit_layer']:.2f}",
-            ],
-        ),
+        (f"dev {metric}", [f"{m[2]:.4f}" for m in models]),
+        ("parameters", [_count(m[3]) for m in models]),
+        ("encoder parameters", [_count(m[4]) for m in models]),
+        ("FLOPs per example (dev mean)", [_flops(m[5]) for m in models]),
+        ("FLOPs speed-up vs teacher", [f"{t_flops / m[5]:.2f}x" for m in models]),
+        ("mean exit layer", [m[6] for m in models]),
     ]
     if "teacher_seconds_per_example" in results:
         rows.append(
-            (
-                "ms per example (measured)",
-                [f"{1e3 * results[f'{n}_seconds_per_example']:.3f}" for n in ("teacher", "student_full", "deployed")],
-            )
+            ("ms per example (measured)", [f"{1e3 * results[f'{m[1]}_seconds_per_example']:.3f}" for m in models])
         )
-        rows.append(
-            (
-                "measured speed-up vs teacher",
-                [f"{results[f'{n}_measured_speedup']:.2f}x" for n in ("teacher", "student_full", "deployed")],
-            )
-        )
+        rows.append(("measured speed-up vs teacher", [f"{results[f'{m[1]}_measured_speedup']:.2f}x" for m in models]))
     width = max(len(label) for label, _ in rows) + 2
     colw = [max(len(c), *(len(r[1][i]) for r in rows)) + 2 for i, c in enumerate(columns)]
     lines = [" " * width + "".join(c.rjust(w) for c, w in zip(columns, colw, strict=True))]
@@ -538,6 +834,13 @@ def summary_table(results: dict, task: str) -> str:
         f"{check}: promise {verdict}"
     )
     lines += [f"WARNING: {w}" for w in results.get("deployed_policy_warnings", [])]
+    for number, stage in enumerate(results.get("stages", []), 1):
+        score = stage.get(f"dev_{metric}")
+        lines.append(
+            f"Stage {number}, {stage['description']}: "
+            + (f"dev {metric} {score:.4f} through every layer, " if score is not None else "")
+            + f"{stage['train_seconds']:.0f} s"
+        )
     for event in results.get("pruning_events", []):
         rank = f", word embedding rank {event['embedding_rank']}" if "embedding_rank" in event else ""
         lines.append(
@@ -568,6 +871,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--student_init must be 'teacher' or 'pretrained', got {cargs.student_init!r}")
     if cargs.encoder_keep_fraction is not None and (cargs.target_heads or cargs.target_ffn):
         raise ValueError("give --encoder_keep_fraction or --target_heads/--target_ffn, not both")
+    model_label = cargs.model_name_or_path
     cargs.model_name_or_path = resolve_model_path(cargs.model_name_or_path)
     if cargs.exit_pooling is None:
         detected = sentence_transformers_pooling(cargs.model_name_or_path)
@@ -603,45 +907,54 @@ def main(argv: list[str] | None = None) -> dict:
             exit_pooling=cargs.exit_pooling,
         )
     full_config = copy.deepcopy(student.config)  # pruning rewrites the model's config in place
-
-    from hf_costeff.slenderize import PruningConfig  # noqa: PLC0415
-
-    pruning = PruningConfig(
-        encoder_keep_fraction=cargs.encoder_keep_fraction,
-        layer_num_heads=cargs.target_heads,
-        layer_intermediate_sizes=cargs.target_ffn,
-        embedding_rank=cargs.embedding_rank,
-    )
-    callback = SlenderizeCallback(
-        pruning,
-        num_events=cargs.num_prune_events,
-        prune_fraction=cargs.prune_fraction,
-        calibration_batches=cargs.calibration_batches,
-        temperature=cargs.temperature,
-    )
     thresholds = [float(t) for t in cargs.eval_thresholds.split(",") if t]
-    logger.info("Stage 3: joint slenderization + distillation")
-    trainer = MultiExitTrainer(
-        model=student,
-        args=targs,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        data_collator=collator,
-        processing_class=tokenizer,
-        teacher=teacher,
-        alpha=cargs.alpha,
-        beta=cargs.beta,
-        gamma=cargs.gamma,
-        temperature=cargs.temperature,
-        task_name=cargs.task_name,
-        eval_exit_thresholds=thresholds,
+    stages = Stages(cargs, targs, data, collator, tokenizer)
+    results["stages"] = [teacher_stage_record(cargs, results, len(data["train"]), model_label)]
+
+    kd_source, source_name = teacher, "teacher"
+    if cargs.ta_epochs > 0:
+        logger.info("Stage 2b: teaching assistant, distilled from the teacher")
+        ta = stages.teaching_assistant(student, teacher, results)
+        student = copy.deepcopy(ta).requires_grad_(True)  # the TA is frozen from now on: it teaches every stage
+        kd_source, source_name = ta, "TA"
+        results.update(ta_costs(ta, data["validation"]))
+
+    logger.info("Stage 3: iterative slenderization + distillation from the %s", source_name)
+    callback = pruning_callback(cargs, student.config)
+    trainer = stages.run(
+        "prune",
+        student,
+        kd_source,
+        source_name,
+        targs,
+        weights={"alpha": cargs.alpha, "beta": cargs.beta, "gamma": cargs.gamma},
+        description=prune_description(cargs, callback, source_name),
         callbacks=[callback],
+        thresholds=thresholds,
+        resume_from_checkpoint=targs.resume_from_checkpoint,
+        results=results,
     )
-    stage3_start = time.time()
-    train_output = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
-    results["student_train_seconds"] = time.time() - stage3_start
-    results["student_train_loss"] = train_output.training_loss
     results["pruning_events"] = callback.history
+    for name, epochs, what in (
+        ("recover_hidden", cargs.recover_hidden_epochs, "recovery, hidden states only"),
+        ("recover_pred", cargs.recover_epochs, "recovery, per-exit predictions and hidden states"),
+    ):
+        if epochs > 0:
+            logger.info("Stage 3 (%s): recovery distillation from the %s", name, source_name)
+            trainer = stages.run(
+                name,
+                trainer.model,
+                kd_source,
+                source_name,
+                stages.args(name, epochs, cargs.recover_learning_rate),
+                weights=stage_loss_weights(name),
+                description=what,
+                thresholds=thresholds,
+                results=results,
+            )
+    student_records = [r for r in results["stages"] if r["stage"] in ("prune", "recover_hidden", "recover_pred")]
+    results["student_train_seconds"] = sum(r["train_seconds"] for r in student_records)
+    results["student_train_loss"] = student_records[-1]["train_loss"]
     student_data = trim_student_vocabulary(trainer, raw, cargs, results) if cargs.trim_vocabulary else data
 
     logger.info("Stage 4: evaluation of every exit and of entropy early exit at %s", thresholds)
@@ -658,7 +971,7 @@ def main(argv: list[str] | None = None) -> dict:
             "student_encoder_fraction_of_teacher": count_parameters(config)["encoder"] / teacher_params,
             "full_student_params": count_parameters(full_config),
             "student_flops_at_128": forward_flops(config, 128),
-            "teacher_avg_flops": teacher_average_flops(teacher.config, data["validation"]),
+            "teacher_avg_flops": full_depth_average_flops(teacher.config, data["validation"]),
             "layer_num_heads": config.layer_num_heads,
             "layer_intermediate_sizes": config.layer_intermediate_sizes,
             "embedding_rank": config.embedding_rank,
@@ -681,6 +994,7 @@ def main(argv: list[str] | None = None) -> dict:
             cargs,
             targs.per_device_eval_batch_size,
             report,
+            ta=kd_source if kd_source is not teacher else None,
         )
         save_final_model(trainer.model, trainer.processing_class, final, cargs, report, teacher.config)
         report["wall_seconds"] = time.time() - started

@@ -166,9 +166,11 @@ def test_example_script_one_writer_one_answer(ddp_run):
     assert same0 == same1
     assert "teacher_eval_accuracy" in same0 and "deployed_exit_threshold" in same0
     assert [e["step"] for e in same0["pruning_events"]] == [1, 2]
-    # Exactly one writer of the output folder: the main process wrote final/, the card and all_results.json.
+    # Every stage of the recipe ran on both processes, with one dev answer per stage.
+    assert [s["stage"] for s in same0["stages"]] == ["teacher", "ta", "prune", "recover_hidden", "recover_pred"]
+    # Exactly one writer of the output folder: the main process wrote the TA, final/, the card and all_results.json.
     assert e1["written"] == []
-    assert {"final/config.json", "final/README.md", "all_results.json"} <= set(e0["written"])
+    assert {"ta/config.json", "final/config.json", "final/README.md", "all_results.json"} <= set(e0["written"])
     assert out0.count("Per-exit dev accuracy") == 1 and "Per-exit dev" not in out1
     saved = json.loads((work / "example" / "all_results.json").read_text())
     assert saved["deployed_exit_threshold"] == same0["deployed_exit_threshold"]

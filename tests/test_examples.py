@@ -124,6 +124,108 @@ def test_run_costeff_glue_tiny_run_saves_a_consistent_model(tmp_path, glue_dir, 
     assert float(np.mean(full == np.array(dev["label"]))) == pytest.approx(results["eval_exit6_accuracy"], abs=1e-9)
 
 
+def test_run_costeff_glue_help_documents_every_option_with_its_default(monkeypatch):
+    from transformers import HfArgumentParser
+
+    monkeypatch.setenv("COLUMNS", "100000")  # argparse wraps at the terminal's width: one line per option
+    example = _load_example("run_costeff_glue")
+    parser = HfArgumentParser((example.CostEffArguments,))
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"--{action.dest} has no help text"
+        assert "``" not in action.help, f"--{action.dest}: reStructuredText markup in --help"
+        if not action.option_strings[0].startswith("--no_"):
+            assert f"{' '.join(action.help.split())} (default: {action.default})" in text, action.dest
+
+
+def _table_row(table: str, label: str, columns: int) -> list[str]:
+    """The ``columns`` values of the summary table's row ``label``."""
+    match = re.search(rf"^{re.escape(label)}" + r"\s+(\S+)" * columns + r"\s*$", table, re.M)
+    assert match is not None, f"no {columns}-column row {label!r} in\n{table}"
+    return list(match.groups())
+
+
+def test_run_costeff_glue_paper_recipe_records_every_stage(tmp_path, glue_dir, minilm_tokenizer, capsys):
+    """--ta_epochs / --recover_hidden_epochs / --recover_epochs: the TA is distilled from the teacher and saved, a copy
+    of it is pruned one head per layer per event while distilled from it, then recovered from it in two stages; every
+    stage is in all_results.json, the summary table (TA column) and the model card. A second run reuses the TA."""
+    from test_distributed import _tiny_bert_folder
+
+    example = _load_example("run_costeff_glue")
+    bert = _tiny_bert_folder(tmp_path / "tiny-bert", minilm_tokenizer)  # 2 layers, 4 heads: seconds per stage
+    out = tmp_path / "run"
+    argv = [
+        *("--model_name_or_path", bert, "--glue_dir", str(glue_dir), "--task_name", "sst2"),
+        *("--output_dir", str(out), "--max_train_samples", "64", "--max_eval_samples", "48"),
+        *("--max_seq_length", "32", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16"),
+        *("--teacher_epochs", "1", "--num_train_epochs", "1", "--exit_pooling", "mean"),
+        *("--ta_epochs", "1", "--ta_learning_rate", "1e-3", "--recover_hidden_epochs", "0.5", "--recover_epochs", "1"),
+        *("--target_heads", "2", "--target_ffn", "32", "--embedding_rank", "16"),
+        *("--calibration_batches", "1", "--eval_thresholds", "0.3", "--calibration_samples", "24"),
+        *("--latency_samples", "16", "--logging_steps", "4"),
+        *("--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"),
+    ]
+    results = example.main(argv)
+    saved = json.loads((out / "all_results.json").read_text())
+    stages = saved["stages"]
+    assert [s["stage"] for s in stages] == ["teacher", "ta", "prune", "recover_hidden", "recover_pred"]
+    assert [s["distilled_from"] for s in stages[1:]] == ["teacher", "TA", "TA", "TA"]
+    assert [s["epochs"] for s in stages[1:]] == [1.0, 1.0, 0.5, 1.0]
+    assert stages[1]["learning_rate"] == 1e-3 and stages[3]["learning_rate"] == stages[2]["learning_rate"]
+    # The recipe's loss weights per stage, as the trainer used them.
+    weights = [(s["alpha"], s["beta"], s["gamma"]) for s in stages[1:]]
+    assert weights == [(0.5, 0.5, 1.0), (0.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.0, 1.0, 1.0)]
+    # The TA keeps the full width; the pruning stage removed one head per layer per event (4 -> 2: two events).
+    assert [e["heads"] for e in saved["pruning_events"]] == [[3, 3], [2, 2]]
+    assert stages[1]["encoder_params"] == saved["full_student_params"]["encoder"] == saved["ta_encoder_params"]
+    assert stages[2]["encoder_params"] == stages[4]["encoder_params"] == saved["student_params"]["encoder"]
+    # Every stage's dev metric through every layer is its last exit's; the last stage's is the final model's.
+    for s in stages[1:]:
+        assert s["dev_accuracy"] == s["dev_exit_accuracy"][-1] and len(s["dev_exit_accuracy"]) == 2
+    assert stages[-1]["dev_accuracy"] == pytest.approx(saved["student_full_accuracy"], abs=1e-12)
+    assert (
+        saved["ta_full_accuracy"] == stages[1]["dev_accuracy"]
+        and stages[0]["dev_accuracy"] == saved["teacher_eval_accuracy"]
+    )
+    assert saved["student_train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in stages[2:]))
+    assert results["stages"] == saved["stages"]
+    # The TA was saved (it is a multi-exit CostEff model of the teacher's size).
+    ta = AutoModelForSequenceClassification.from_pretrained(out / "ta")
+    assert ta.config.model_type == "costeff" and ta.config.layer_num_heads == [4, 4] and ta.config.num_exits == 2
+
+    # The summary table: a TA column, its numbers those of the JSON.
+    table = capsys.readouterr().out
+    assert "TA, all layers" in table
+    accuracy = [float(v) for v in _table_row(table, "dev accuracy", 4)]
+    expected = [saved[k] for k in ("teacher_eval_accuracy", "ta_full_accuracy", "student_full_accuracy")]
+    assert accuracy == pytest.approx([*expected, saved["deployed_accuracy"]], abs=5e-5)
+    params = [float(v.rstrip("M")) * 1e6 for v in _table_row(table, "parameters", 4)]
+    assert params == pytest.approx(
+        [saved["teacher_params"], saved["ta_params"], *[saved["student_params"]["total"]] * 2], abs=5e3
+    )
+    speedup = [float(v.rstrip("x")) for v in _table_row(table, "measured speed-up vs teacher", 4)]
+    assert speedup[1] == pytest.approx(saved["ta_measured_speedup"], abs=5e-3)
+    flops = [float(v.rstrip("x")) for v in _table_row(table, "FLOPs speed-up vs teacher", 4)]
+    assert flops[1] == pytest.approx(saved["teacher_avg_flops"] / saved["ta_avg_flops"], abs=5e-3)
+    for number, stage in enumerate(stages, 1):
+        assert f"Stage {number}, {stage['description']}: dev accuracy {stage['dev_accuracy']:.4f}" in table
+    # The model card tells the recipe that ran, stage by stage.
+    card = (out / "final" / "README.md").read_text()
+    training = card.split("## Training", 1)[1].split("##", 1)[0]
+    assert [line.split(". ", 1)[1].split(" (dev")[0] for line in training.strip().splitlines()][:5] == [
+        s["description"] for s in stages
+    ]
+    assert "teaching assistant" in training and "held-out training rows" in training
+
+    # A second run reuses the teacher and the TA (it only evaluates them) and trains the student stages again.
+    again = example.main(argv)
+    assert again["stages"][1]["reused"] is True and again["stages"][1]["train_loss"] is None
+    assert again["stages"][1]["dev_accuracy"] == pytest.approx(stages[1]["dev_accuracy"], abs=1e-12)
+    assert [s["stage"] for s in again["stages"]] == [s["stage"] for s in stages]
+
+
 def _run_without_hf_costeff(code: str, tmp_path: Path) -> str:
     """Run ``code`` in a fresh interpreter in which ``import hf_costeff`` fails (as for a user without the package)."""
     guard = textwrap.dedent("""

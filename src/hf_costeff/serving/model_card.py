@@ -84,6 +84,7 @@ def build_model_card(
     license: str = "apache-2.0",
     library_name: str = "transformers",
     seq_length: int = 128,
+    training_recipe: Sequence[str] | None = None,
 ) -> ModelCard:
     """A ``ModelCard`` for a CostEff model (or its config).
 
@@ -94,6 +95,7 @@ def build_model_card(
         average_flops: mean FLOPs per example on the evaluation set with early exit (``hf_costeff.average_flops``).
         teacher_config: the model it was compressed from (BERT or CostEff config) for the comparison columns.
         seq_length: sequence length at which the full-depth FLOPs are reported.
+        training_recipe: how the model was built, one line per stage (the card's "Training" section, in order).
     """
     config = getattr(model_or_config, "config", model_or_config)
     if getattr(config, "model_type", None) != "costeff":
@@ -102,6 +104,10 @@ def build_model_card(
         raise ValueError(
             f"per_exit_accuracy must hold one value per exit ({config.num_exits}), got {len(per_exit_accuracy)}"
         )
+    if training_recipe is not None and (
+        isinstance(training_recipe, str) or not all(isinstance(step, str) for step in training_recipe)
+    ):
+        raise TypeError("training_recipe must be a sequence of strings, one per stage")
     dataset_id, dataset_config, dataset_name = _dataset_ids(dataset)
     results = [
         EvalResult(
@@ -175,6 +181,7 @@ def build_model_card(
         results=[(name, f"{float(value):.4f}") for name, value in (eval_results or {}).items()],
         dataset_name=dataset_name,
         dataset_split=dataset_split,
+        training_recipe=list(training_recipe or []),
     )
 
 

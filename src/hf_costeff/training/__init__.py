@@ -10,9 +10,11 @@ from .distillation import (
     prediction_distillation_loss,
 )
 from .pruning_callback import SlenderizeCallback
+from .recipe import COSTEFF_STAGE_LOSS_WEIGHTS, stage_loss_weights
 from .trainer import MultiExitTrainer
 
 __all__ = [
+    "COSTEFF_STAGE_LOSS_WEIGHTS",
     "MultiExitTrainer",
     "SlenderizeCallback",
     "build_hidden_projections",
@@ -21,4 +23,5 @@ __all__ = [
     "layer_mapping",
     "masked_hidden_mse",
     "prediction_distillation_loss",
+    "stage_loss_weights",
 ]
