@@ -275,6 +275,10 @@ def test_main_job_compresses_and_keeps_most_accuracy(tmp_path):
     results = json.loads((tmp_path / "main" / "all_results.json").read_text())
     teacher = results["teacher_eval_accuracy"]
     assert teacher > 0.75  # a real fine-tune of the real model, not chance (50.9% on SST-2 dev)
+    # COST-EFF's recipe: TA from the teacher, iterative pruning from the TA (one head per layer per event), recovery.
+    assert [s["stage"] for s in results["stages"]] == ["teacher", "ta", "prune", "recover_hidden", "recover_pred"]
+    assert results["ta_full_accuracy"] > teacher - 0.03
+    assert len(results["pruning_events"]) == 8
     assert results["student_encoder_fraction_of_teacher"] < 0.35
     assert results["eval_exit6_accuracy"] > teacher - 0.08
     assert results["eval_exit1_accuracy"] > 0.6  # the first exit learned something

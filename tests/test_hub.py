@@ -236,6 +236,17 @@ def test_model_card_metadata_and_tables(tmp_path, minilm_path):
     with pytest.raises(ValueError, match="one value per exit"):
         build_model_card(config, per_exit_accuracy=[0.5])
     assert forward_flops(config, 128) > 0
+    assert "## Training" not in text  # no recipe given: no section
+
+    recipe = ["teacher: fine-tuned", "teaching assistant: distilled from the teacher", "pruning: from the TA"]
+    text = build_model_card(config, training_recipe=recipe).text
+    training = text.split("## Training\n", 1)[1].split("\n## ", 1)[0]
+    assert (
+        training.split()
+        == "1. teacher: fine-tuned 2. teaching assistant: distilled from the teacher 3. pruning: from the TA".split()
+    )
+    with pytest.raises(TypeError, match="training_recipe"):
+        build_model_card(config, training_recipe="teacher, then TA")  # a string is not one line per stage
 
 
 def test_device_map_forced_cpu_disk_split_keeps_exits_with_layers(tmp_path):

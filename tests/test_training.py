@@ -458,3 +458,22 @@ def test_the_trainer_owns_one_pruning_schedule(tmp_path, slenderize):
     )
     with pytest.raises(ValueError, match="MultiExitTrainer only"):
         trainer.train()
+
+
+def test_stage_loss_weights_are_the_recipe_and_refuse_unknown_stages():
+    from hf_costeff.training import COSTEFF_STAGE_LOSS_WEIGHTS, stage_loss_weights
+
+    # benchmarks/pareto.py trained its cached TAs with 0.5 / 0.5 / 1 before the weights moved here: the benchmark's
+    # stage caches are keyed by settings, not code, so these must not drift.
+    assert stage_loss_weights("ta") == {"alpha": 0.5, "beta": 0.5, "gamma": 1.0}
+    assert stage_loss_weights("recover_hidden") == {"alpha": 0.0, "beta": 0.0, "gamma": 1.0}
+    assert (
+        stage_loss_weights("prune") == stage_loss_weights("recover_pred") == {"alpha": 0.0, "beta": 1.0, "gamma": 1.0}
+    )
+    weights = stage_loss_weights("ta")
+    weights["alpha"] = 1.0  # a copy: the recipe itself is read-only
+    assert COSTEFF_STAGE_LOSS_WEIGHTS["ta"]["alpha"] == 0.5
+    with pytest.raises(TypeError):
+        COSTEFF_STAGE_LOSS_WEIGHTS["ta"]["alpha"] = 1.0
+    with pytest.raises(ValueError, match="stage must be one of"):
+        stage_loss_weights("recover")
