@@ -64,7 +64,13 @@ def _reference_logits(model, tokenizer) -> torch.Tensor:
 def test_saved_folder_is_self_contained(hub_cache):
     snapshot = hub_cache / "hub" / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / SHA
     names = {p.name for p in snapshot.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_costeff.py",
+        "modeling_costeff.py",
+        "choices.py",
+    } <= names
     assert json.loads((snapshot / "config.json").read_text())["auto_map"] == AUTO_MAP
     # No leftover temporary folders beside the target.
     assert [p.name for p in snapshot.parent.iterdir()] == [SHA]
@@ -166,6 +172,7 @@ def test_push_commit_contents(monkeypatch, minilm_tokenizer):
         "model.safetensors",
         "configuration_costeff.py",
         "modeling_costeff.py",
+        "choices.py",
         "README.md",
         "tokenizer.json",
     } <= set(files)

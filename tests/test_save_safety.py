@@ -59,7 +59,13 @@ def test_atomic_save_touches_no_other_file_and_keeps_save_pretrained_permissions
     save_pretrained_atomic(_model(), target)
     after = _tree(target)
     assert {name: after[name] for name in before} == before  # same bytes, never rewritten
-    assert {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py"} <= after.keys()
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_costeff.py",
+        "modeling_costeff.py",
+        "choices.py",
+    } <= after.keys()
     assert not [p for p in target.iterdir() if p.name.startswith(".costeff")]
 
     fresh, plain = tmp_path / "fresh", tmp_path / "plain"

@@ -1,24 +1,9 @@
 """Training CostEff models with ``transformers.Trainer``: every exit, distillation, in-training slenderization, on
 one process or many (DDP)."""
 
-from .distillation import (
-    build_hidden_projections,
-    hard_label_loss,
-    hidden_distillation_loss,
-    layer_mapping,
-    masked_hidden_mse,
-    prediction_distillation_loss,
-)
+from . import distillation
+from .distillation import *  # noqa: F403  (the losses: their list is distillation.__all__)
 from .pruning_callback import SlenderizeCallback
 from .trainer import MultiExitTrainer
 
-__all__ = [
-    "MultiExitTrainer",
-    "SlenderizeCallback",
-    "build_hidden_projections",
-    "hard_label_loss",
-    "hidden_distillation_loss",
-    "layer_mapping",
-    "masked_hidden_mse",
-    "prediction_distillation_loss",
-]
+__all__ = ["MultiExitTrainer", "SlenderizeCallback", *distillation.__all__]
