@@ -66,6 +66,12 @@ def tiny_config(**overrides):
     return CostEffConfig(**fields)
 
 
+# What a Hub-ready CostEff folder holds besides its tokenizer: weights, config and the code trust_remote_code runs.
+HUB_MODEL_FILES = frozenset(
+    {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py", "choices.py"}
+)
+
+
 def run_without_hf_costeff(
     script: str, hf_home: Path, workdir: Path, timeout: int = 180
 ) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_without_hf_costeff, tiny_config
+from conftest import HUB_MODEL_FILES, run_without_hf_costeff, tiny_config
 
 import hf_costeff
 from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
@@ -64,7 +64,7 @@ def _reference_logits(model, tokenizer) -> torch.Tensor:
 def test_saved_folder_is_self_contained(hub_cache):
     snapshot = hub_cache / "hub" / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / SHA
     names = {p.name for p in snapshot.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py"} <= names
+    assert HUB_MODEL_FILES <= names
     assert json.loads((snapshot / "config.json").read_text())["auto_map"] == AUTO_MAP
     # No leftover temporary folders beside the target.
     assert [p.name for p in snapshot.parent.iterdir()] == [SHA]
@@ -161,14 +161,7 @@ def test_push_commit_contents(monkeypatch, minilm_tokenizer):
     )
     assert result == "commit-info"
     files = captured["files"]
-    assert {
-        "config.json",
-        "model.safetensors",
-        "configuration_costeff.py",
-        "modeling_costeff.py",
-        "README.md",
-        "tokenizer.json",
-    } <= set(files)
+    assert HUB_MODEL_FILES | {"README.md", "tokenizer.json"} <= set(files)
     assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP
     card = ModelCard(files["README.md"].decode())
     assert card.data.pipeline_tag == "text-classification"

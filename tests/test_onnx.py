@@ -280,3 +280,38 @@ def test_bad_arguments_name_the_argument(model, exported, ort_model, batch, tmp_
     with pytest.raises(SystemExit) as exit_info:
         main(["export-onnx", str(exported[0]), str(tmp_path / "out"), "--quantize", "int4"])
     assert exit_info.value.code == 2 and "--quantize" in capsys.readouterr().err
+
+
+def test_bad_inputs_get_the_pytorch_models_message(model, ort_model, batch):
+    """Both runtimes apply the configuration's input rules: the same input gets the same message from both."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    long_ids = torch.ones(1, model.config.max_position_embeddings + 1, dtype=torch.long)
+    empty_row = mask.clone()
+    empty_row[0] = 0
+    cases = [
+        {"input_ids": ids[:0]},
+        {"input_ids": long_ids},
+        {"input_ids": ids, "attention_mask": mask[:, :3]},
+        {"input_ids": ids, "attention_mask": mask[:2]},
+        {"input_ids": ids, "token_type_ids": torch.zeros_like(ids)[:, :2]},
+        {"input_ids": ids - 1},
+        {"input_ids": ids, "token_type_ids": torch.full_like(ids, model.config.type_vocab_size)},
+        {"input_ids": ids, "attention_mask": mask * 2},
+        {"input_ids": ids, "attention_mask": empty_row},
+    ]
+    for case in cases:
+        with pytest.raises(ValueError) as torch_error:
+            model(**case)
+        with pytest.raises(ValueError) as ort_error:
+            ort_model(**{k: v.numpy() for k, v in case.items()})
+        assert str(ort_error.value) == str(torch_error.value), case
+
+
+def test_one_token_type_row_serves_the_batch(model, ort_model, batch):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    types = torch.zeros(1, ids.shape[1], dtype=torch.long)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+    got = ort_model(input_ids=ids.numpy(), attention_mask=mask.numpy(), token_type_ids=types.numpy())
+    np.testing.assert_array_equal(got.exit_layer, expected.exit_layer.numpy())
+    np.testing.assert_allclose(got.logits, expected.logits.numpy(), atol=1e-4, rtol=1e-4)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_without_hf_costeff, tiny_config
+from conftest import HUB_MODEL_FILES, run_without_hf_costeff, tiny_config
 
 import hf_costeff  # noqa: F401  (registers the Auto classes)
 from hf_costeff import CostEffForSequenceClassification
@@ -59,7 +59,7 @@ def test_atomic_save_touches_no_other_file_and_keeps_save_pretrained_permissions
     save_pretrained_atomic(_model(), target)
     after = _tree(target)
     assert {name: after[name] for name in before} == before  # same bytes, never rewritten
-    assert {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py"} <= after.keys()
+    assert HUB_MODEL_FILES <= after.keys()
     assert not [p for p in target.iterdir() if p.name.startswith(".costeff")]
 
     fresh, plain = tmp_path / "fresh", tmp_path / "plain"
@@ -141,7 +141,7 @@ def test_legacy_swap_restores_only_a_complete_old_folder(tmp_path):
 _SAVE_CHILD = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import run_without_hf_costeff, tiny_config
+    from conftest import HUB_MODEL_FILES, run_without_hf_costeff, tiny_config
     from hf_costeff import CostEffForSequenceClassification
     from hf_costeff.serving import save_pretrained_atomic
     torch.manual_seed(1)

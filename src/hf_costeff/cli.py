@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .choices import EARLY_EXIT_CRITERIA, EXIT_CRITERIA, EXIT_POOLERS, EXIT_POOLINGS, EXIT_WEIGHTINGS, QUANTIZATIONS
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default (unless it has none) and keeps the description's line breaks."""
@@ -433,25 +435,55 @@ def cmd_export_onnx(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_glue_args(p: argparse.ArgumentParser, *, split: str, task_help: str, batch_size: int, batch: str) -> None:
+    """The GLUE data options of a command that reads one split: where, which task, batch size, tokens per example."""
+    p.add_argument("--glue_dir", help=f"folder with <task>/{split}.tsv (default: read GLUE from the Hub)")
+    p.add_argument("--task", default="sst2", help=task_help)
+    p.add_argument("--batch_size", type=int, default=batch_size, help=f"{batch} batch size")
+    p.add_argument("--max_length", type=int, default=128, help="tokens per example (longer ones are truncated)")
+
+
+def _add_command(
+    sub: argparse._SubParsersAction,
+    run: Any,
+    check: Any = None,
+    *,
+    help: str,
+    description: str | None = None,
+    **positionals: str | tuple[str, str],
+) -> argparse.ArgumentParser:
+    """The subcommand that ``run`` (``cmd_<name>``) carries out, named after it, with its positional arguments:
+    ``dest=help`` or ``dest=(help, metavar)``; ``check`` validates the arguments before any work."""
+    name = run.__name__.removeprefix("cmd_").replace("_", "-")
+    p = sub.add_parser(name, help=help, description=description)
+    for dest, text in positionals.items():
+        text, metavar = text if isinstance(text, tuple) else (text, None)
+        p.add_argument(dest, metavar=metavar, help=text)
+    p.set_defaults(func=run, check=check)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``hf-costeff`` parser. A new command: a ``cmd_<name>`` function and one ``sub.add_parser`` block here."""
+    """The ``hf-costeff`` parser. A new command: a ``cmd_<name>`` function and one ``_add_command`` block here."""
     parser = _ArgumentParser(prog="hf-costeff", description=__doc__)
     parser.add_argument("--quiet", action="store_true", help="no progress bars or informational messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_ArgumentParser)
 
-    p = sub.add_parser(
-        "convert",
+    p = _add_command(
+        sub,
+        cmd_convert,
+        check=check_convert,
         help="BERT checkpoint -> CostEff folder (every weight carried over, an exit after each layer)",
         description="Convert a BERT checkpoint (folder or Hub id) into a CostEff model saved with its tokenizer, "
         "code files and auto_map.",
+        bert="BERT checkpoint: a folder or a Hub id",
+        output_dir="folder to write (replaced atomically if it exists)",
     )
-    p.add_argument("bert", help="BERT checkpoint: a folder or a Hub id")
-    p.add_argument("output_dir", help="folder to write (replaced atomically if it exists)")
     p.add_argument("--num_labels", type=int, default=2, help="number of classes (1 = regression)")
-    p.add_argument("--exit_pooler", choices=["dense", "tanh"], default="dense", help="exit head: BERT pooler or tanh")
+    p.add_argument("--exit_pooler", choices=EXIT_POOLERS, default="dense", help="exit head: BERT pooler or tanh")
     p.add_argument(
         "--exit_pooling",
-        choices=["cls", "mean"],
+        choices=EXIT_POOLINGS,
         help="token(s) each exit reads: [CLS] or the mean of real tokens (default: what a sentence-transformers "
         "checkpoint was trained with, read from 1_Pooling/config.json, else cls)",
     )
@@ -459,63 +491,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exit_criterion",
         default="none",
-        choices=["entropy", "confidence", "patience", "none"],
+        choices=EXIT_CRITERIA,
         help="exit policy saved in config.json",
     )
     p.add_argument("--exit_threshold", type=float, help="threshold of --exit_criterion entropy/confidence")
-    p.set_defaults(func=cmd_convert, check=check_convert)
 
-    p = sub.add_parser(
-        "slenderize",
+    p = _add_command(
+        sub,
+        cmd_slenderize,
+        check=check_slenderize,
         help="prune heads/FFN neurons (and factorize the word embedding) with GLUE training batches",
         description="Estimate every head's and FFN neuron's exit-aware importance on GLUE training batches, prune "
         "to a global parameter budget and save the smaller model.",
+        model_dir="CostEff folder (e.g. written by `hf-costeff convert`)",
+        output_dir="folder to write (replaced atomically if it exists)",
     )
-    p.add_argument("model_dir", help="CostEff folder (e.g. written by `hf-costeff convert`)")
-    p.add_argument("output_dir", help="folder to write (replaced atomically if it exists)")
-    p.add_argument("--glue_dir", help="folder with <task>/train.tsv (default: read GLUE from the Hub)")
-    p.add_argument("--task", default="sst2", help="GLUE task of the calibration batches")
+    _add_glue_args(
+        p, split="train", task_help="GLUE task of the calibration batches", batch_size=16, batch="calibration"
+    )
     p.add_argument(
         "--encoder_keep_fraction", type=float, required=True, help="fraction of the encoder's parameters kept"
     )
     p.add_argument("--embedding_rank", type=int, help="truncated-SVD rank of the word embedding (default: keep it)")
     p.add_argument(
         "--exit_weighting",
-        choices=["all", "final"],
+        choices=EXIT_WEIGHTINGS,
         default="all",
         help="importance from every exit's loss (COST-EFF) or the last exit's",
     )
-    p.add_argument("--batch_size", type=int, default=16, help="calibration batch size")
     p.add_argument("--max_batches", type=int, default=8, help="calibration batches")
-    p.add_argument("--max_length", type=int, default=128, help="tokens per example (longer ones are truncated)")
-    p.set_defaults(func=cmd_slenderize, check=check_slenderize)
 
-    p = sub.add_parser(
-        "evaluate",
+    p = _add_command(
+        sub,
+        cmd_evaluate,
+        check=check_evaluate,
         help="exit-threshold sweep on a GLUE dev set: metrics + average FLOPs (JSON)",
         description="Every exit's dev metrics, then the real early-exit forward at each threshold: metrics, mean "
         "FLOPs per example and mean exit layer.",
+        model_dir="CostEff folder with its tokenizer",
     )
-    p.add_argument("model_dir", help="CostEff folder with its tokenizer")
-    p.add_argument("--glue_dir", help="folder with <task>/dev.tsv (default: read GLUE from the Hub)")
-    p.add_argument("--task", default="sst2", help="GLUE task")
-    p.add_argument("--criterion", default="entropy", choices=["entropy", "confidence", "patience"], help="exit rule")
+    _add_glue_args(p, split="dev", task_help="GLUE task", batch_size=32, batch="evaluation")
+    p.add_argument("--criterion", default="entropy", choices=EARLY_EXIT_CRITERIA, help="exit rule")
     p.add_argument(
         "--thresholds", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5], help="comma-separated thresholds to sweep"
     )
     p.add_argument("--patience", type=int, help="patience of --criterion patience (default: the model's)")
-    p.add_argument("--batch_size", type=int, default=32, help="evaluation batch size")
-    p.add_argument("--max_length", type=int, default=128, help="tokens per example (longer ones are truncated)")
     p.add_argument("--max_examples", type=int, help="evaluate only the first N dev examples (default: all)")
     p.add_argument("--output", help="also write the JSON report to this file (default: stdout only)")
-    p.set_defaults(func=cmd_evaluate, check=check_evaluate)
 
-    p = sub.add_parser(
-        "trim-vocab",
+    p = _add_command(
+        sub,
+        cmd_trim_vocab,
         help="keep only the tokens a task's texts use: word-embedding rows, tokenizer.json and vocab.txt together",
+        model_dir="CostEff or BERT sequence-classification folder with its tokenizer",
+        output_dir="folder to write the trimmed model, tokenizer.json and vocab.txt into",
     )
-    p.add_argument("model_dir", help="CostEff or BERT sequence-classification folder with its tokenizer")
-    p.add_argument("output_dir", help="folder to write the trimmed model, tokenizer.json and vocab.txt into")
     p.add_argument("--glue_dir", help="folder with <task>/{train,dev}.tsv (default: GLUE from the Hub)")
     p.add_argument("--task", help="GLUE task whose training texts are kept; its dev texts are the held-out set")
     p.add_argument("--texts", help="instead of --task: a file with one text per line whose tokens are kept")
@@ -528,39 +558,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop unseen single-character pieces too (then unseen words become [UNK] instead of splitting)",
     )
-    p.set_defaults(func=cmd_trim_vocab)
 
-    p = sub.add_parser(
-        "push",
+    p = _add_command(
+        sub,
+        cmd_push,
+        check=check_push,
         help="folder -> Hub repo, with code for trust_remote_code and a model card",
         description="Push a CostEff folder to the Hub in one commit: weights, tokenizer, code files and a model card.",
+        model_dir="CostEff folder",
+        repo_id="Hub repository, e.g. org/name (created if missing)",
     )
-    p.add_argument("model_dir", help="CostEff folder")
-    p.add_argument("repo_id", help="Hub repository, e.g. org/name (created if missing)")
     p.add_argument("--eval_json", help="report of `hf-costeff evaluate` for the card's tables")
     p.add_argument("--threshold", type=float, help="exit threshold to ship (written into config.json)")
-    p.add_argument("--criterion", choices=["entropy", "confidence", "patience"], help="exit rule of --threshold")
+    p.add_argument("--criterion", choices=EARLY_EXIT_CRITERIA, help="exit rule of --threshold")
     p.add_argument("--teacher", help="BERT folder or Hub id it was compressed from, for the card's comparison")
     p.add_argument("--dataset", default="glue/sst2", help="dataset named in the card's metadata")
     p.add_argument("--base_model", help="Hub id of the base model, for the card's metadata")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
-    p.set_defaults(func=cmd_push, check=check_push)
 
-    p = sub.add_parser(
-        "export-onnx",
+    p = _add_command(
+        sub,
+        cmd_export_onnx,
+        check=check_export_onnx,
         help="CostEff folder -> ONNX segment graphs + manifest, served by ORTCostEffForSequenceClassification",
+        model_dir=("folder of a saved CostEff model (with its tokenizer)", "MODEL"),
+        output_dir=("new (or empty) folder to write the ONNX export into", "OUTPUT"),
     )
-    p.add_argument("model_dir", metavar="MODEL", help="folder of a saved CostEff model (with its tokenizer)")
-    p.add_argument("output_dir", metavar="OUTPUT", help="new (or empty) folder to write the ONNX export into")
     p.add_argument(
-        "--quantize", choices=["int8"], help="dynamic int8 quantization of the weights (default: float32 graphs)"
+        "--quantize", choices=QUANTIZATIONS, help="dynamic int8 quantization of the weights (default: float32 graphs)"
     )
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the torch exporter's)")
     p.add_argument(
         "--no_validate", action="store_true", help="skip comparing each float32 segment with PyTorch in ONNX Runtime"
     )
-    p.set_defaults(func=cmd_export_onnx, check=check_export_onnx)
 
     # --quiet is also accepted after the command (SUPPRESS: an omitted one keeps the top-level value).
     for command in sub.choices.values():

@@ -1,6 +1,7 @@
 """CostEff configuration: a BERT configuration plus the per-layer widths of a slenderized model and its exits.
 
-This file travels alone to the Hub (``trust_remote_code``): it imports nothing outside ``transformers``.
+This file travels to the Hub (``trust_remote_code``) with ``choices.py``: it imports nothing else outside
+``transformers``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import os
 from transformers import PretrainedConfig
 from transformers.utils import is_torch_available
 
-EXIT_CRITERIA = ("entropy", "confidence", "patience", "none")
-EXIT_POOLERS = ("dense", "tanh")
-EXIT_POOLINGS = ("cls", "mean")
+from .choices import EXIT_CRITERIA, EXIT_POOLERS, EXIT_POOLINGS
 
 # CostEff's fields that decide the weight shapes: two configs that differ in one hold different state dicts.
 COSTEFF_ARCHITECTURE_FIELDS = (
@@ -44,6 +43,13 @@ FIELD_ALIASES = {
     "ffn_sizes": "layer_intermediate_sizes",
     "intermediate_sizes": "layer_intermediate_sizes",
     "embedding_size": "embedding_rank",
+}
+
+# The configuration field that bounds each id input's values.
+INPUT_ID_BOUNDS = {
+    "input_ids": "vocab_size",
+    "token_type_ids": "type_vocab_size",
+    "position_ids": "max_position_embeddings",
 }
 
 # What a CostEff configuration takes over from a BERT one.
@@ -369,6 +375,53 @@ class CostEffConfig(PretrainedConfig):
             self.exit_criterion, self.exit_threshold, self.exit_patience, self.num_exits, self.num_labels
         )
 
+    def check_input_shapes(self, input_shape: tuple[int, ...], **shapes: tuple[int, ...] | None) -> None:
+        """Refuse a batch whose shapes this model cannot run: the one set of shape rules of every CostEff runtime
+        (PyTorch, ONNX Runtime), so both give the same message.
+
+        Args:
+            input_shape: ``(batch_size, sequence_length)`` of the ids (or of ``inputs_embeds`` without its last dim).
+            **shapes: the shapes of ``attention_mask`` (must equal ``input_shape``), ``token_type_ids`` and
+                ``position_ids`` (batch size 1 broadcasts); ``None`` for an input not given.
+        """
+        batch_size, seq_length = input_shape
+        if batch_size == 0 or seq_length == 0:
+            raise ValueError(f"Empty input: got batch of shape {(batch_size, seq_length)}")
+        if seq_length > self.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {seq_length} exceeds max_position_embeddings={self.max_position_embeddings}; "
+                "truncate the input (tokenizer(..., truncation=True))"
+            )
+        for name, shape in shapes.items():
+            if shape is None:
+                continue
+            batches = (batch_size,) if name == "attention_mask" else (1, batch_size)
+            if len(shape) != 2 or shape[1] != seq_length or shape[0] not in batches:
+                raise ValueError(f"{name} shape {tuple(shape)} does not match the input {(batch_size, seq_length)}")
+
+    def check_input_values(
+        self,
+        value_ranges: dict[str, tuple[int, int]],
+        mask_values: list | None = None,
+        empty_rows: bool = False,
+    ) -> None:
+        """Refuse input values this model would embed wrongly (PyTorch and ONNX Runtime alike, the same messages).
+
+        Args:
+            value_ranges: ``name -> (min, max)`` of ``input_ids``, ``token_type_ids``, ``position_ids``.
+            mask_values: the ``attention_mask`` values other than 0 and 1, if it holds any.
+            empty_rows: whether some row of ``attention_mask`` masks every token.
+        """
+        for name, (low, high) in value_ranges.items():
+            field = INPUT_ID_BOUNDS[name]
+            bound = getattr(self, field)
+            if low < 0 or high >= bound:
+                raise ValueError(f"{name} must lie in [0, {field}={bound}), got values in [{low}, {high}]")
+        if mask_values:
+            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (real token), got values {mask_values}")
+        if empty_rows:
+            raise ValueError("attention_mask masks every token of at least one example (an empty input)")
+
     def _validate_sizes(self) -> None:
         """The scalar fields that shape the tensors, checked before anything reads them."""
         for name in (
@@ -522,6 +575,7 @@ __all__ = [
     "normalize_exit_policy",
     "plain_number",
     "resolve_exit_policy",
+    "INPUT_ID_BOUNDS",
     "sentence_transformers_pooling",
     "validate_exit_policy",
     "EXIT_CRITERIA",

@@ -3,7 +3,7 @@ every configured layer and a batched per-example early exit at inference.
 
 The file reads top to bottom like ``transformers/models/bert/modeling_bert.py``: embeddings, attention, FFN, layer,
 encoder, exits, pretrained-model base, outputs, ``CostEffModel``, ``CostEffForSequenceClassification``.
-It travels alone to the Hub (``trust_remote_code``), so it imports only torch, transformers and its configuration.
+It travels to the Hub (``trust_remote_code``), so it imports only torch, transformers, its configuration and ``choices``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_costeff import CostEffConfig, resolve_exit_policy, sentence_transformers_pooling
+from .configuration_costeff import (
+    INPUT_ID_BOUNDS,
+    CostEffConfig,
+    resolve_exit_policy,
+    sentence_transformers_pooling,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -344,7 +350,7 @@ class CostEffPreTrainedModel(PreTrainedModel):
 
         A configuration loaded from a Hub-ready folder keeps its ``auto_map``, but transformers copies the code files
         only for classes registered with ``register_for_auto_class``; any save of such a model (``Trainer.save_model``,
-        checkpoints) would write a folder that ``trust_remote_code=True`` cannot load. The two files are copied here
+        checkpoints) would write a folder that ``trust_remote_code=True`` cannot load. The code files are copied here
         whenever the saved config.json has an ``auto_map``.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -354,10 +360,11 @@ class CostEffPreTrainedModel(PreTrainedModel):
         with open(config_path, encoding="utf-8") as f:
             if not json.load(f).get("auto_map"):
                 return
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("configuration_costeff.py", "modeling_costeff.py"):
-            if not os.path.isfile(os.path.join(save_directory, name)):
-                shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, name))
+        # This file and what it imports relatively, as transformers' own ``custom_object_save`` finds them.
+        for source in (__file__, *get_relative_import_files(__file__)):
+            target = os.path.join(save_directory, os.path.basename(source))
+            if not os.path.isfile(target):
+                shutil.copyfile(source, target)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -445,25 +452,17 @@ def _check_inputs(
                 f"got shape {tuple(inputs_embeds.shape)}"
             )
         batch_size, seq_length = inputs_embeds.shape[:2]
-    if batch_size == 0 or seq_length == 0:
-        raise ValueError(f"Empty input: got batch of shape {(batch_size, seq_length)}")
-    if seq_length > config.max_position_embeddings:
-        raise ValueError(
-            f"Sequence length {seq_length} exceeds max_position_embeddings={config.max_position_embeddings}; "
-            "truncate the input (tokenizer(..., truncation=True))"
-        )
     for name, ids in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
         if ids is not None:
             _check_ids(name, ids)
-            if ids.dim() != 2 or ids.shape[1] != seq_length or ids.shape[0] not in (1, batch_size):
-                raise ValueError(f"{name} shape {tuple(ids.shape)} does not match the input {(batch_size, seq_length)}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_complex():
-            raise TypeError(f"attention_mask must be a tensor of 0s and 1s, got {_describe(attention_mask)}")
-        if tuple(attention_mask.shape) != (batch_size, seq_length):
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} does not match the input {(batch_size, seq_length)}"
-            )
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.is_complex()):
+        raise TypeError(f"attention_mask must be a tensor of 0s and 1s, got {_describe(attention_mask)}")
+    config.check_input_shapes(
+        (batch_size, seq_length),
+        attention_mask=_shape(attention_mask),
+        token_type_ids=_shape(token_type_ids),
+        position_ids=_shape(position_ids),
+    )
     if not _is_tracing():
         _check_input_values(config, input_ids, attention_mask, token_type_ids, position_ids)
 
@@ -478,6 +477,10 @@ def _check_ids(name: str, ids) -> None:
         raise TypeError(f"{name} must be an integer tensor (torch.long or torch.int32), got {_describe(ids)}")
 
 
+def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
+    return None if tensor is None else tuple(tensor.shape)
+
+
 def _check_input_values(
     config: CostEffConfig,
     input_ids: torch.Tensor | None,
@@ -485,35 +488,21 @@ def _check_input_values(
     token_type_ids: torch.Tensor | None,
     position_ids: torch.Tensor | None,
 ) -> None:
-    """Every value check at the cost of one host sync; the message is built only when one fails."""
-    bounded = [
-        (name, ids, bound)
-        for name, ids, bound in (
-            ("input_ids", input_ids, config.vocab_size),
-            ("token_type_ids", token_type_ids, config.type_vocab_size),
-            ("position_ids", position_ids, config.max_position_embeddings),
-        )
-        if ids is not None
-    ]
-    failures = [((ids < 0) | (ids >= bound)).any() for _, ids, bound in bounded]
+    """Every value check at the cost of one host sync; the details (and the message) only when one fails."""
+    ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
+    ids = {name: value for name, value in ids.items() if value is not None}
+    failures = [((value < 0) | (value >= getattr(config, INPUT_ID_BOUNDS[name]))).any() for name, value in ids.items()]
     if attention_mask is not None:
         failures.append(((attention_mask != 0) & (attention_mask != 1)).any())
         failures.append(~(attention_mask != 0).any(dim=1).all())
     if not failures or not bool(torch.stack([f.cpu() for f in failures]).any()):
         return
-    for name, ids, bound in bounded:
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= bound:
-            field = {"input_ids": "vocab_size", "token_type_ids": "type_vocab_size"}.get(
-                name, "max_position_embeddings"
-            )
-            raise ValueError(f"{name} must lie in [0, {field}={bound}), got values in [{low}, {high}]")
-    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
-        raise ValueError(
-            "attention_mask must hold only 0 (padding) and 1 (real token), got values "
-            f"{attention_mask.unique()[:8].tolist()}"
-        )
-    raise ValueError("attention_mask masks every token of at least one example (an empty input)")
+    mask = attention_mask if attention_mask is not None else torch.ones(1, 1)
+    config.check_input_values(
+        {name: (int(value.min()), int(value.max())) for name, value in ids.items()},
+        mask_values=mask[(mask != 0) & (mask != 1)].unique()[:8].tolist(),
+        empty_rows=not bool((mask != 0).any(dim=1).all()),
+    )
 
 
 class CostEffModel(CostEffPreTrainedModel):

@@ -61,7 +61,7 @@ def prepare_for_hub(model: PreTrainedModel) -> PreTrainedModel:
 
     Registers the model's class and its configuration's class for the Auto classes (``register_for_auto_class``: a
     class-level flag, so every later save of a CostEff model in this process also ships the code), which makes
-    transformers copy the two code files beside the weights, and writes the full ``auto_map`` (AutoConfig, AutoModel,
+    transformers copy the code files (and their relative imports) beside the weights, and writes the full ``auto_map`` (AutoConfig, AutoModel,
     AutoModelForSequenceClassification) into the configuration. Idempotent; returns ``model``.
     """
     _check_costeff(model)

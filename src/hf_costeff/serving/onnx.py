@@ -30,19 +30,19 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from transformers.utils import ModelOutput
 
+from ..choices import QUANTIZATIONS
 from ..configuration_costeff import CostEffConfig, resolve_exit_policy
 
 MANIFEST_NAME = "onnx_manifest.json"
 FORMAT_NAME = "hf-costeff-onnx"
 FORMAT_VERSION = 1
-QUANTIZATIONS = ("int8",)
 EMBEDDINGS_FILE = "embeddings.onnx"
 
 
@@ -389,32 +389,22 @@ def _as_numpy(name: str, value: Any, integer: bool) -> np.ndarray:
 def _check_inputs(
     config: CostEffConfig, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
 ) -> None:
-    """The PyTorch model's input checks (same conditions, same messages), on numpy arrays."""
+    """The PyTorch model's input checks (the configuration's rules, the same messages), on numpy arrays."""
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch_size, sequence_length), got shape {input_ids.shape}")
-    batch_size, seq_length = input_ids.shape
-    if batch_size == 0 or seq_length == 0:
-        raise ValueError(f"Empty input: got batch of shape {input_ids.shape}")
-    if seq_length > config.max_position_embeddings:
-        raise ValueError(
-            f"Sequence length {seq_length} exceeds max_position_embeddings={config.max_position_embeddings}; "
-            "truncate the input (tokenizer(..., truncation=True))"
-        )
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= config.vocab_size:
-        raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in [{low}, {high}]")
-    for name, array in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if array.shape != input_ids.shape:
-            raise ValueError(f"{name} shape {array.shape} does not match the input {input_ids.shape}")
-    if not bool((attention_mask != 0).any(axis=1).all()):
-        raise ValueError("attention_mask masks every token of at least one example (an empty input)")
-    low, high = int(token_type_ids.min()), int(token_type_ids.max())
-    if low < 0 or high >= config.type_vocab_size:
-        raise ValueError(
-            f"token_type_ids must lie in [0, type_vocab_size={config.type_vocab_size}), got values in [{low}, {high}]"
-        )
+    config.check_input_shapes(input_ids.shape, attention_mask=attention_mask.shape, token_type_ids=token_type_ids.shape)
+    mask_values = np.unique(attention_mask[(attention_mask != 0) & (attention_mask != 1)])[:8].tolist()
+    config.check_input_values(
+        {
+            name: (int(a.min()), int(a.max()))
+            for name, a in (("input_ids", input_ids), ("token_type_ids", token_type_ids))
+        },
+        mask_values=mask_values,
+        empty_rows=not bool((attention_mask != 0).any(axis=1).all()),
+    )
 
 
+@dataclass(repr=False, eq=False)
 class ORTCostEffForSequenceClassification:
     """A CostEff classifier exported by :func:`export_onnx`, run by ONNX Runtime with the batched early exit.
 
@@ -424,16 +414,18 @@ class ORTCostEffForSequenceClassification:
     ``pipeline("text-classification", ...)`` and in ``"costeff-text-classification"`` (CPU only).
     """
 
-    main_input_name = "input_ids"
+    main_input_name: ClassVar[str] = "input_ids"
 
-    def __init__(self, config: CostEffConfig, embeddings: Any, blocks: list[Any], manifest: dict, model_dir: Path):
-        self.config = config
-        self.embeddings_session = embeddings
-        self.block_sessions = blocks
-        self.manifest = manifest
-        self.model_dir = model_dir
-        self.name_or_path = str(model_dir)
-        self.num_labels = config.num_labels
+    config: CostEffConfig
+    embeddings_session: Any  # onnxruntime.InferenceSession of the embeddings
+    block_sessions: list[Any]  # one InferenceSession per exit: the layers up to it and its classifier
+    manifest: dict
+    model_dir: Path
+    name_or_path: str = field(init=False)  # what pipelines and model cards read
+    num_labels: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name_or_path, self.num_labels = str(self.model_dir), self.config.num_labels
 
     @classmethod
     def from_pretrained(
@@ -525,6 +517,7 @@ class ORTCostEffForSequenceClassification:
         mask = np.ones_like(ids) if attention_mask is None else _as_numpy("attention_mask", attention_mask, True)
         types = np.zeros_like(ids) if token_type_ids is None else _as_numpy("token_type_ids", token_type_ids, True)
         _check_inputs(self.config, ids, mask, types)
+        types = np.ascontiguousarray(np.broadcast_to(types, ids.shape))  # a (1, seq) row serves every example
         criterion, threshold, patience = resolve_exit_policy(self.config, exit_criterion, exit_threshold, exit_patience)
         output = self._early_exit(ids, mask, types, criterion, threshold, patience)
         if as_torch:

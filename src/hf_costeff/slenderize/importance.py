@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..choices import EXIT_WEIGHTINGS
 from ..configuration_costeff import CostEffConfig
 from .layer import unit_masks
 
-EXIT_WEIGHTINGS = ("all", "final")
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 

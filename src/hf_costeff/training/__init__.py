@@ -1,27 +1,10 @@
 """Training CostEff models with ``transformers.Trainer``: every exit, distillation, in-training slenderization, on
 one process or many (DDP)."""
 
-from .distillation import (
-    build_hidden_projections,
-    hard_label_loss,
-    hidden_distillation_loss,
-    layer_mapping,
-    masked_hidden_mse,
-    prediction_distillation_loss,
-)
+from . import distillation, recipe
+from .distillation import *  # noqa: F403  (the losses: their list is distillation.__all__)
 from .pruning_callback import SlenderizeCallback
-from .recipe import COSTEFF_STAGE_LOSS_WEIGHTS, stage_loss_weights
+from .recipe import *  # noqa: F403  (the recipe's stage loss weights: recipe.__all__)
 from .trainer import MultiExitTrainer
 
-__all__ = [
-    "COSTEFF_STAGE_LOSS_WEIGHTS",
-    "MultiExitTrainer",
-    "SlenderizeCallback",
-    "build_hidden_projections",
-    "hard_label_loss",
-    "hidden_distillation_loss",
-    "layer_mapping",
-    "masked_hidden_mse",
-    "prediction_distillation_loss",
-    "stage_loss_weights",
-]
+__all__ = ["MultiExitTrainer", "SlenderizeCallback", *distillation.__all__, *recipe.__all__]
