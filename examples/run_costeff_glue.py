@@ -520,8 +520,6 @@ class Stages:
         """COST-EFF's TA: ``model`` (the converted multi-exit model) distilled from the teacher for ``--ta_epochs``,
         saved to ``<output_dir>/ta`` (by the main process); a TA already there is loaded and only evaluated."""
         cargs = self.cargs
-        if not 0.0 <= cargs.ta_alpha <= 1.0:
-            raise ValueError(f"--ta_alpha must lie in [0, 1], got {cargs.ta_alpha}")
         args = self.args("ta", cargs.ta_epochs, cargs.ta_learning_rate)
         folder = Path(args.output_dir)
         reuse = (folder / "config.json").exists()
@@ -871,6 +869,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--student_init must be 'teacher' or 'pretrained', got {cargs.student_init!r}")
     if cargs.encoder_keep_fraction is not None and (cargs.target_heads or cargs.target_ffn):
         raise ValueError("give --encoder_keep_fraction or --target_heads/--target_ffn, not both")
+    for name in ("ta_epochs", "recover_hidden_epochs", "recover_epochs"):
+        if not getattr(cargs, name) >= 0:
+            raise ValueError(f"--{name} must be >= 0 (0 skips the stage), got {getattr(cargs, name)}")
+    if not 0.0 <= cargs.ta_alpha <= 1.0:
+        raise ValueError(f"--ta_alpha must lie in [0, 1], got {cargs.ta_alpha}")
     model_label = cargs.model_name_or_path
     cargs.model_name_or_path = resolve_model_path(cargs.model_name_or_path)
     if cargs.exit_pooling is None:

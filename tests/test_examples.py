@@ -140,6 +140,21 @@ def test_run_costeff_glue_help_documents_every_option_with_its_default(monkeypat
             assert f"{' '.join(action.help.split())} (default: {action.default})" in text, action.dest
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--ta_epochs", "-1", "--ta_epochs must be >= 0"),
+        ("--recover_epochs", "nan", "--recover_epochs must be >= 0"),
+        ("--ta_alpha", "1.5", r"--ta_alpha must lie in \[0, 1\]"),
+    ],
+)
+def test_run_costeff_glue_refuses_bad_stage_flags_before_any_work(tmp_path, flag, value, message):
+    example = _load_example("run_costeff_glue")
+    with pytest.raises(ValueError, match=message):
+        example.main(["--output_dir", str(tmp_path / "never"), "--use_cpu", flag, value])
+    assert not (tmp_path / "never").exists()
+
+
 def _table_row(table: str, label: str, columns: int) -> list[str]:
     """The ``columns`` values of the summary table's row ``label``."""
     match = re.search(rf"^{re.escape(label)}" + r"\s+(\S+)" * columns + r"\s*$", table, re.M)
