@@ -7,7 +7,7 @@
 #   student:  a copy of the TA pruned iteratively while distilled from the TA (1 epoch; one head per layer per event,
 #             8 events in its first half, to 4 of 12 heads and 384 of 1536 FFN neurons per layer, word embedding
 #             factorized to rank 128 at the last event; importance over every exit against the TA's soft labels),
-#             then recovered from the TA: 0.5 epoch of hidden-state KD, then 1 epoch of per-exit prediction +
+#             then recovered from the TA: 0.5 epoch of hidden-state KD, then 2 epochs of per-exit prediction +
 #             hidden-state KD;
 #   policy:   the entropy threshold losing at most 1 accuracy point (minus a 0.5-point margin) on 2000 held-out
 #             training rows drawn with the dev set's lengths, then checked on dev (saved only if it keeps its promise);
@@ -28,7 +28,7 @@ python examples/run_costeff_glue.py \
   --max_train_samples 4000 --max_seq_length 64 \
   --per_device_train_batch_size 32 --per_device_eval_batch_size 64 \
   --teacher_epochs 1 --teacher_learning_rate 2e-4 --ta_epochs 1 --learning_rate 2e-4 \
-  --num_train_epochs 1 --recover_hidden_epochs 0.5 --recover_epochs 1 \
+  --num_train_epochs 1 --recover_hidden_epochs 0.5 --recover_epochs 2 \
   --target_heads 4 --target_ffn 384 --embedding_rank 128 --calibration_batches 2 \
   --calibration_samples 2000 --max_metric_drop 0.01 --calibration_margin 0.005 \
   --eval_thresholds 0.2,0.3,0.4,0.5,0.6,0.65 \
