@@ -666,7 +666,7 @@ class TaskRun:
             "[%s] train %d, dev %d; cache %s",
             task,
             len(self.data.raw["train"]),
-            len(self.halves[0]) * 2,
+            len(self.data.raw["validation"]),
             self.cache.root,
         )
 
