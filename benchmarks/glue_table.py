@@ -18,7 +18,8 @@ Then every finished stage is evaluated (cached too) and, with --write, docs/resu
 task and the table in docs/results.md are generated from the evaluations. Stages not finished are listed as pending.
 
 Thresholds: the dev set is split into two fixed halves (seeded permutation). Each exiting model's threshold is
-calibrated (``hf_costeff.evaluation.calibrate_threshold``, at most --max_metric_drop below all layers) on one half
+calibrated (``hf_costeff.evaluation.calibrate_threshold``, at most --max_metric_drop minus --calibration_margin below
+all layers) on one half
 and applied to the other, and vice versa, so every reported dev prediction comes from a threshold chosen without it.
 
 Stage cache: ``<cache_dir>/<task>_<data>_<model>_len<L>_s<seed>[_n<N>]/<stage>-<hash>/``; the hash covers the stage's
@@ -217,6 +218,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exit_lr", type=float, default=5e-4, help="DeeBERT's exits-only stage")
     p.add_argument("--importance_batches", type=int, default=8, help="training batches per importance estimate")
     p.add_argument("--max_metric_drop", type=float, default=0.01, help="allowed drop (main metric units) vs all layers")
+    p.add_argument(
+        "--calibration_margin",
+        type=float,
+        default=0.005,
+        help="calibrate to max_metric_drop minus this, so a half's sampling noise does not spend the whole budget",
+    )
     p.add_argument(
         "--exit_pooling", choices=["cls", "mean"], default=None, help="default: mean for the packaged MiniLM"
     )
@@ -553,7 +560,9 @@ def subset(preds: ExitPredictions, index: np.ndarray) -> ExitPredictions:
     return ExitPredictions(preds.logits[i], preds.labels[i], preds.lengths[i], preds.config)
 
 
-def halves_report(preds: ExitPredictions, config, task: str, criterion: str, halves, max_metric_drop: float) -> dict:
+def halves_report(
+    preds: ExitPredictions, config, task: str, criterion: str, halves, max_metric_drop: float, margin: float = 0.0
+) -> dict:
     """Calibrate on one dev half, apply on the other, both ways; the reported figures pool the two applied halves,
     so no prediction is made with a threshold that saw it."""
     n = preds.logits.shape[0]
@@ -564,7 +573,7 @@ def halves_report(preds: ExitPredictions, config, task: str, criterion: str, hal
     for cal, rep in ((0, 1), (1, 0)):
         cal_preds, rep_preds = subset(preds, halves[cal]), subset(preds, halves[rep])
         value = calibrate_threshold(
-            cal_preds, task=task, criterion=criterion, max_metric_drop=max_metric_drop, config=config
+            cal_preds, task=task, criterion=criterion, max_metric_drop=max_metric_drop, config=config, margin=margin
         )
         rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, criterion, value)
         index = torch.as_tensor(halves[rep], dtype=torch.long)
@@ -615,7 +624,11 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
     if exits and get_task(task).num_labels == 1:
         exits = False  # regression: no entropy; the patience rule needs a regression threshold of its own
         criterion = "none"
-    report = halves_report(preds, config, task, criterion, halves, args.max_metric_drop) if exits else None
+    report = (
+        halves_report(preds, config, task, criterion, halves, args.max_metric_drop, args.calibration_margin)
+        if exits
+        else None
+    )
     reported = report or full
     sweep = []
     if exits:
@@ -666,7 +679,7 @@ class TaskRun:
             "[%s] train %d, dev %d; cache %s",
             task,
             len(self.data.raw["train"]),
-            len(self.halves[0]) * 2,
+            len(self.data.raw["validation"]),
             self.cache.root,
         )
 
@@ -991,7 +1004,14 @@ class TaskRun:
             "stages": {},
         }
         eval_tag = hashlib.sha1(
-            json.dumps({"drop": self.args.max_metric_drop, "seed": self.args.seed, "v": 1}).encode()
+            json.dumps(
+                {
+                    "drop": self.args.max_metric_drop,
+                    "margin": self.args.calibration_margin,
+                    "seed": self.args.seed,
+                    "v": 2,
+                }
+            ).encode()
         ).hexdigest()[:8]
         for name, info in self.models.items():
             key = info["key"]
@@ -1184,7 +1204,8 @@ def markdown(report: dict) -> str:
         "",
         f"Generated {report['date']} by `{report['command']}` from the stage cache; machine: {report['machine']}. "
         f"Scores on the task's GLUE dev set in GLUE units (0-100): each exiting model's threshold is calibrated on "
-        f"one fixed half of dev (at most {100 * report['max_metric_drop']:g} point(s) below all layers) and applied "
+        f"one fixed half of dev (at most {100 * report['max_metric_drop']:g} point(s) below all layers, minus a "
+        f"{100 * report.get('calibration_margin', 0.0):g}-point margin for the half's sampling noise) and applied "
         "to the other half, both ways; 'drop' is the loss against the same model through all layers on the "
         "reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
         "",
@@ -1301,6 +1322,7 @@ def main(argv=None) -> dict:
         "machine": machine(),
         "command": command_line(),
         "max_metric_drop": args.max_metric_drop,
+        "calibration_margin": args.calibration_margin,
         "halves": "dev split by a permutation seeded with --seed into two fixed halves A and B",
         "budgets": [asdict(b) for b in args.budgets],
         "ablation_budget": args.ablation_budget,

@@ -75,6 +75,27 @@ def test_halves_report_never_reports_on_its_calibration_rows(monkeypatch):
     assert report["avg_exit_layer"] == pytest.approx(float(layers.float().mean()), abs=1e-9)
 
 
+def test_halves_report_calibrates_within_the_margin():
+    """Each half's threshold keeps that half within max_metric_drop - margin; without the margin it may spend it all."""
+    config = tiny_config(num_labels=2, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    n = 400
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    # Later exits are more often right: early exiting costs accuracy, so the drop budget is what binds.
+    logits = torch.randn(n, config.num_exits, 2, generator=generator)
+    for k in range(config.num_exits):
+        logits[torch.arange(n), k, labels] += 0.8 * (k + 1)
+    preds = ExitPredictions(logits, labels, torch.full((n,), 12), config)
+    halves = glue_table.dev_halves(n, seed=0)
+    drop, margin = 0.03, 0.02
+    with_margin = glue_table.halves_report(preds, config, "sst2", "entropy", halves, drop, margin)
+    without = glue_table.halves_report(preds, config, "sst2", "entropy", halves, drop)
+    for part in with_margin["parts"]:
+        assert part["calibration_drop"] <= drop - margin + 1e-12
+    assert max(p["calibration_drop"] for p in without["parts"]) > drop - margin  # the margin changed the choice
+    assert with_margin["avg_flops"] >= without["avg_flops"]  # a tighter budget exits no earlier
+
+
 def test_budget_parsing_and_rank_fit():
     b = glue_table.Budget.parse("eighth=2:256:p0.125:trim")
     assert (b.heads, b.ffn, b.rank, b.params_fraction, b.trim) == (2, 256, None, 0.125, True)
