@@ -60,13 +60,7 @@ from transformers import (
 from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_flops, count_parameters, forward_flops
 from hf_costeff.configuration_costeff import sentence_transformers_pooling
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
-from hf_costeff.evaluation import (
-    calibrate_threshold,
-    criterion_limit,
-    measure_latency,
-    near_criterion_limit,
-    sweep_thresholds,
-)
+from hf_costeff.evaluation import calibrate_threshold, first_exit_warning, measure_latency, sweep_thresholds
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer, save_pretrained_atomic
 from hf_costeff.slenderize import write_vocab_file
@@ -562,10 +556,10 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     The threshold is the fastest whose drop of the main metric against running every layer is at most
     ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then measured and recorded
     next to the allowed one; if it exceeds ``max_metric_drop`` (or no threshold qualifies), the model is saved with
-    ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A threshold next to
-    the criterion's limit (every input leaving at layer 1) is reported as a warning. The exit logits come from the
-    trainer's gathered evaluation loop (with its progress bar): under torchrun every process sees every calibration
-    and dev row, so all processes pick the same policy.
+    ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A saved policy that
+    sends nearly every dev row out at layer 1 is reported as a warning (``first_exit_warning``). The exit logits come
+    from the trainer's gathered evaluation loop (with its progress bar): under torchrun every process sees every
+    calibration and dev row, so all processes pick the same policy.
     """
     model, task = trainer.model, cargs.task_name
     metric = get_task(task).main_metric
@@ -579,12 +573,6 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     except ValueError as err:
         threshold = None
         warnings.append(f"no entropy threshold meets the target on the calibration rows ({err})")
-    num_labels = model.config.num_labels
-    if threshold is not None and near_criterion_limit("entropy", threshold, num_labels):
-        warnings.append(
-            f"the calibrated threshold {threshold:.4f} is next to the entropy's maximum ln({num_labels}) = "
-            f"{criterion_limit('entropy', num_labels):.4f}: nearly every input would leave at layer 1"
-        )
     full = sweep_thresholds(dev, model.config, task, "none", [None])[0]
     results.update(
         {
@@ -602,6 +590,9 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
         results["calibrated_dev_metric_drop"] = full["metric"] - candidate["metric"]
         if full["metric"] - candidate["metric"] <= allowed + 1e-12:
             row = candidate
+            on_dev = first_exit_warning(candidate)
+            if on_dev is not None:
+                warnings.append(f"on dev, {on_dev}")
         else:
             warnings.append(
                 f"entropy < {threshold:.4f} loses {full['metric'] - candidate['metric']:.4f} {metric} on dev, more than "

@@ -14,11 +14,11 @@ from hf_costeff.evaluation import (
     ExitPredictions,
     calibrate_threshold,
     collect_exit_logits,
-    criterion_limit,
     default_thresholds,
     evaluate_exit_logits,
+    evaluate_policy,
+    first_exit_warning,
     measure_latency,
-    near_criterion_limit,
     per_exit_metrics,
     simulate_early_exit,
     sweep_thresholds,
@@ -168,25 +168,35 @@ def test_calibrate_threshold_margin_and_limit_warning(caplog):
     # 0.5 and ln 2 lose 0.2: within max_metric_drop=0.2, not within 0.2 - a margin of 0.05.
     with caplog.at_level("WARNING", logger="hf_costeff.evaluation"):
         assert calibrate_threshold(preds, task="rte", max_metric_drop=0.2, thresholds=candidates) == math.log(2)
-    assert "next to the criterion's limit" in caplog.text  # every example would leave at the first exit
+    assert "sends 100% of the examples out at the first exit" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_costeff.evaluation"):
         assert calibrate_threshold(preds, task="rte", max_metric_drop=0.2, margin=0.05, thresholds=candidates) == 0.1
-    assert "limit" not in caplog.text
+    assert "first exit" not in caplog.text
     with pytest.raises(ValueError, match="margin must be in"):
         calibrate_threshold(preds, task="rte", max_metric_drop=0.01, margin=0.02)
     with pytest.raises(ValueError, match="margin applies to max_metric_drop only"):
         calibrate_threshold(preds, task="rte", min_speedup=1.5, margin=0.01)
 
 
-def test_criterion_limits():
-    assert criterion_limit("entropy", 2) == pytest.approx(math.log(2))
-    assert criterion_limit("confidence", 4) == 0.25
-    assert criterion_limit("patience", 2) is None and criterion_limit("entropy", 1) is None
-    assert near_criterion_limit("entropy", 0.6884, 2)  # the threshold the main job once shipped (ln 2 = 0.6931)
-    assert not near_criterion_limit("entropy", 0.5, 2)
-    assert near_criterion_limit("confidence", 0.51, 2) and not near_criterion_limit("confidence", 0.9, 2)
-    assert not near_criterion_limit("patience", 1, 2)
+def test_first_exit_warning_is_measured_not_read_off_the_threshold():
+    config = tiny_config(num_labels=2)
+    n, exits = 100, config.num_exits
+    labels = torch.zeros(n, dtype=torch.long)
+    logits = torch.zeros(n, exits, 2)
+    logits[:, 1:, 0] = 6.0  # every later exit is sure
+    logits[:95, 0, 0] = 6.0  # the first exit is sure of 95 examples, undecided (entropy ln 2) on the others
+    preds = ExitPredictions(logits, labels, torch.full((n,), 8), config)
+    row = evaluate_policy(preds, config, "sst2", "entropy", 0.3)
+    assert row["exit_histogram"][1] == 95
+    assert "95% of the examples out at the first exit (layer 1)" in first_exit_warning(row)
+    assert first_exit_warning(row, share=0.96) is None
+    # A threshold next to ln 2 = 0.6931, yet the first exit is undecided on every example: nobody leaves there.
+    logits[:, 0] = 0.0
+    near_limit = evaluate_policy(preds, config, "sst2", "entropy", 0.6659)
+    assert near_limit["exit_histogram"].get(1, 0) == 0 and first_exit_warning(near_limit) is None
+    with pytest.raises(ValueError, match="share"):
+        first_exit_warning(row, share=0.0)
 
 
 def test_calibrate_threshold_refuses_impossible_or_ambiguous_targets():

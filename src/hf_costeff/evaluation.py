@@ -345,28 +345,29 @@ def default_thresholds(preds: ExitPredictions, criterion: str, num: int = 60) ->
     return sorted(candidates, reverse=criterion == "confidence")
 
 
-def criterion_limit(criterion: str, num_labels: int) -> float | None:
-    """The threshold at which ``criterion`` lets every example leave at the first exit: ``ln(num_labels)`` for
-    ``"entropy"`` (its largest possible value), ``1 / num_labels`` for ``"confidence"`` (its smallest); ``None`` for
-    criteria without such a limit (patience, regression)."""
-    if num_labels < 2:
-        return None
-    return {"entropy": math.log(num_labels), "confidence": 1.0 / num_labels}.get(criterion)
+def first_exit_warning(result: PolicyResult, share: float = 0.9) -> str | None:
+    """A warning when ``result``'s policy sends at least ``share`` of its examples out at the first exit, else ``None``.
 
-
-def near_criterion_limit(criterion: str, threshold: float | int, num_labels: int, tolerance: float = 0.05) -> bool:
-    """Whether ``threshold`` sits within ``tolerance`` (a fraction of the criterion's range) of :func:`criterion_limit`.
-
-    Such a policy sends nearly every input out at the first exit: a calibration that lands there usually means the
-    calibration rows were easier than the data the model will see (e.g. SST-2's short training phrases against its
-    full dev sentences), not that layer 1 is as good as the last.
+    Such a policy is rarely what a calibration should find: it usually means the calibration rows were easier than the
+    data the model will see (e.g. SST-2's short training phrases against its full dev sentences), not that the first
+    layer is as good as the last. Measured on the examples, not read off the threshold: a threshold near the
+    criterion's limit (entropy near ln(num_labels)) can still keep most examples going when the first exit is unsure.
     """
-    limit = criterion_limit(criterion, num_labels)
-    if limit is None:
-        return False
-    if criterion == "entropy":
-        return threshold >= (1.0 - tolerance) * limit
-    return threshold <= limit + tolerance * (1.0 - limit)
+    histogram = result["exit_histogram"]
+    total = sum(histogram.values())
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    if total == 0:
+        return None
+    first = min(histogram)
+    fraction = histogram[first] / total
+    if fraction < share:
+        return None
+    value = result["patience"] if result["criterion"] == "patience" else result["threshold"]
+    return (
+        f"{result['criterion']} {value:.4g} sends {100 * fraction:.0f}% of the examples out at the first exit (layer "
+        f"{first}): check it on the data you report (the calibration rows may be easier)"
+    )
 
 
 def calibrate_threshold(
@@ -397,7 +398,7 @@ def calibrate_threshold(
 
     ``model_or_preds``: a CostEff model (with ``dataloader``) or :class:`ExitPredictions`. ``thresholds``: candidates
     (default :func:`default_thresholds`). Raises ``ValueError`` when no candidate meets the target. Logs a warning when
-    the result is near the criterion's limit (:func:`near_criterion_limit`).
+    the result sends nearly every calibration row out at the first exit (:func:`first_exit_warning`).
     """
     if (max_metric_drop is None) == (min_speedup is None):
         raise ValueError("give exactly one target: max_metric_drop or min_speedup")
@@ -437,14 +438,9 @@ def calibrate_threshold(
             f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
         )
     value = best["patience"] if criterion == "patience" else best["threshold"]
-    if near_criterion_limit(criterion, value, preds.logits.shape[-1]):
-        logger.warning(
-            "calibrated %s threshold %.4g is next to the criterion's limit %.4g: nearly every input would leave at "
-            "the first exit; check it on the data you report (the calibration rows may be easier)",
-            criterion,
-            value,
-            criterion_limit(criterion, preds.logits.shape[-1]),
-        )
+    warning = first_exit_warning(best)
+    if warning is not None:
+        logger.warning("calibrated threshold: %s", warning)
     return value
 
 
@@ -524,14 +520,13 @@ __all__ = [
     "calibrate_threshold",
     "collect_exit_logits",
     "compute_metrics",
-    "criterion_limit",
     "default_thresholds",
     "evaluate_exit_logits",
     "evaluate_policy",
+    "first_exit_warning",
     "logits_to_predictions",
     "make_batches",
     "measure_latency",
-    "near_criterion_limit",
     "per_exit_metrics",
     "simulate_early_exit",
     "sweep_thresholds",
