@@ -19,8 +19,10 @@ task and the table in docs/results.md are generated from the evaluations. Stages
 
 Thresholds: the dev set is split into two fixed halves (seeded permutation). Each exiting model's threshold is
 calibrated (``hf_costeff.evaluation.calibrate_threshold``, at most --max_metric_drop minus --calibration_margin below
-all layers) on one half
-and applied to the other, and vice versa, so every reported dev prediction comes from a threshold chosen without it.
+all layers) on one half and applied to the other, and vice versa, so every reported dev prediction comes from a
+threshold chosen without it. As the main job checks its saved policy on dev, each threshold is checked on the half it
+is applied to: one that loses more than --max_metric_drop there is not deployed, and that half runs every layer (the
+table's policy column says so).
 
 Stage cache: ``<cache_dir>/<task>_<data>_<model>_len<L>_s<seed>[_n<N>]/<stage>-<hash>/``; the hash covers the stage's
 settings and the stages it was built from, so changing a setting builds a new stage next to the old one. A stage is
@@ -564,7 +566,12 @@ def halves_report(
     preds: ExitPredictions, config, task: str, criterion: str, halves, max_metric_drop: float, margin: float = 0.0
 ) -> dict:
     """Calibrate on one dev half, apply on the other, both ways; the reported figures pool the two applied halves,
-    so no prediction is made with a threshold that saw it."""
+    so no prediction is made with a threshold that saw it.
+
+    Each threshold is then checked on the half it is applied to, as the main job checks its saved policy on dev: one
+    that loses more than ``max_metric_drop`` there is not deployed, and that half is reported through every layer
+    (its drop is then 0, and the part records the rejected threshold and what it lost). No threshold is chosen on the
+    reported half; the check can only fall back to the model's all-layers predictions."""
     n = preds.logits.shape[0]
     layers = torch.zeros(n, dtype=torch.long)
     regression = preds.logits.shape[-1] == 1
@@ -575,23 +582,29 @@ def halves_report(
         value = calibrate_threshold(
             cal_preds, task=task, criterion=criterion, max_metric_drop=max_metric_drop, config=config, margin=margin
         )
-        rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, criterion, value)
-        index = torch.as_tensor(halves[rep], dtype=torch.long)
-        layers[index], predictions[index] = rep_layers, rep_predictions.to(predictions.dtype)
         on_rep = sweep_thresholds(rep_preds, config, task, criterion, [value])[0]
         on_cal = sweep_thresholds(cal_preds, config, task, criterion, [value])[0]
         all_rep = sweep_thresholds(rep_preds, config, task, "none", [None])[0]
         all_cal = sweep_thresholds(cal_preds, config, task, "none", [None])[0]
+        drop = all_rep["metric"] - on_rep["metric"]
+        kept = drop <= max_metric_drop + 1e-12
+        rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, criterion if kept else "none", value)
+        index = torch.as_tensor(halves[rep], dtype=torch.long)
+        layers[index], predictions[index] = rep_layers, rep_predictions.to(predictions.dtype)
+        applied = on_rep if kept else all_rep
         parts.append(
             {
                 "calibrated_on": "AB"[cal],
                 "reported_on": "AB"[rep],
-                "value": value,
+                "value": value if kept else None,
+                "calibrated_value": value,
                 "calibration_drop": all_cal["metric"] - on_cal["metric"],
-                "reported_metric": on_rep["metric"],
+                "check_drop": drop,
+                "kept": kept,
+                "reported_metric": applied["metric"],
                 "reported_metric_all_layers": all_rep["metric"],
-                "reported_drop": all_rep["metric"] - on_rep["metric"],
-                "reported_avg_flops": on_rep["avg_flops"],
+                "reported_drop": all_rep["metric"] - applied["metric"],
+                "reported_avg_flops": applied["avg_flops"],
             }
         )
     metrics = compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
@@ -608,9 +621,18 @@ def halves_report(
 def policy_text(criterion: str, report: dict | None) -> str:
     if report is None:
         return "all layers"
-    a, b = (p["value"] for p in report["parts"])
     sign = "<" if criterion == "entropy" else "="
-    return f"{criterion} {sign} {a:.4g} on half B (calibrated on A) / {b:.4g} on half A (calibrated on B)"
+
+    def half(part: dict) -> str:
+        where = f"on half {part['reported_on']} (calibrated on {part['calibrated_on']})"
+        if part["kept"]:
+            return f"{part['calibrated_value']:.4g} {where}"
+        return (
+            f"all layers {where}: {sign} {part['calibrated_value']:.4g} lost {100 * part['check_drop']:.2f} there, "
+            "more than allowed"
+        )
+
+    return f"{criterion} {sign} " + " / ".join(half(p) for p in report["parts"])
 
 
 def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, halves, args, flops_config=None):
@@ -1009,7 +1031,7 @@ class TaskRun:
                     "drop": self.args.max_metric_drop,
                     "margin": self.args.calibration_margin,
                     "seed": self.args.seed,
-                    "v": 2,
+                    "v": 3,
                 }
             ).encode()
         ).hexdigest()[:8]
@@ -1206,8 +1228,9 @@ def markdown(report: dict) -> str:
         f"Scores on the task's GLUE dev set in GLUE units (0-100): each exiting model's threshold is calibrated on "
         f"one fixed half of dev (at most {100 * report['max_metric_drop']:g} point(s) below all layers, minus a "
         f"{100 * report.get('calibration_margin', 0.0):g}-point margin for the half's sampling noise) and applied "
-        "to the other half, both ways; 'drop' is the loss against the same model through all layers on the "
-        "reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
+        "to the other half, both ways; a threshold that loses more than allowed on the half it is applied to is not "
+        "deployed there (that half runs every layer, as the main job falls back to its all-layers policy; the policy "
+        "column says where). 'drop' is the loss against the same model through all layers on the reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
         "",
     ]
     header = [

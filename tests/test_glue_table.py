@@ -68,7 +68,7 @@ def test_halves_report_never_reports_on_its_calibration_rows(monkeypatch):
     layers, predictions = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     for part, index in zip(report["parts"], (halves[1], halves[0]), strict=True):
         sub = glue_table.subset(preds, index)
-        lay, pred = real_simulate(sub, config, "entropy", part["value"])
+        lay, pred = real_simulate(sub, config, "entropy" if part["kept"] else "none", part["calibrated_value"])
         layers[index], predictions[index] = lay, pred
     expected = compute_glue_metrics("sst2", predictions.numpy(), preds.labels.numpy())["accuracy"]
     assert report["metric"] == pytest.approx(expected, abs=1e-12)
@@ -93,7 +93,31 @@ def test_halves_report_calibrates_within_the_margin():
     for part in with_margin["parts"]:
         assert part["calibration_drop"] <= drop - margin + 1e-12
     assert max(p["calibration_drop"] for p in without["parts"]) > drop - margin  # the margin changed the choice
-    assert with_margin["avg_flops"] >= without["avg_flops"]  # a tighter budget exits no earlier
+    for tight, loose in zip(with_margin["parts"], without["parts"], strict=True):
+        assert tight["calibrated_value"] <= loose["calibrated_value"]  # a tighter budget exits no earlier
+
+
+def test_halves_report_falls_back_to_all_layers_when_the_check_fails(monkeypatch):
+    """A threshold that loses more than allowed on the half it is applied to is not deployed there."""
+    config = tiny_config(num_labels=2, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    n = 80
+    labels = torch.arange(n) % 2
+    logits = torch.zeros(n, config.num_exits, 2)
+    logits[torch.arange(n), 1:, labels] = 5.0  # later exits right and sure
+    logits[torch.arange(n), 0, 1 - labels] = 5.0  # the first exit sure and wrong
+    preds = ExitPredictions(logits, labels, torch.full((n,), 10), config)
+    halves = glue_table.dev_halves(n, seed=0)
+    # The first calibration (on half A) "finds" 0.69 (near ln 2): applied to half B, every row leaves at the wrong first
+    # exit. The second (on half B) finds 0.0: nobody leaves early.
+    values = iter([0.69, 0.0])
+    monkeypatch.setattr(glue_table, "calibrate_threshold", lambda p, **kwargs: next(values))
+    report = glue_table.halves_report(preds, config, "sst2", "entropy", halves, max_metric_drop=0.01)
+    rejected, kept = report["parts"]
+    assert rejected["reported_on"] == "B" and not rejected["kept"] and rejected["value"] is None
+    assert rejected["check_drop"] == pytest.approx(1.0) and rejected["reported_drop"] == 0.0
+    assert kept["kept"] and kept["reported_drop"] == 0.0
+    assert report["metric"] == 1.0 and report["avg_exit_layer"] == config.num_hidden_layers
+    assert "all layers on half B" in glue_table.policy_text("entropy", report)
 
 
 def test_budget_parsing_and_rank_fit():
