@@ -1281,14 +1281,49 @@ def markdown(report: dict) -> str:
             lines += ["", f"![{task} Pareto plot](results/glue_table_{task}.png)"]
         lines.append("")
     lines += ["### Targets (computed from the rows above)", ""]
-    for name, target in report["targets"].items():
-        detail = {k: v for k, v in target.items() if k not in ("met", "measured")}
-        verdict = "MET" if target["met"] else ("not met" if target.get("measured", True) else "not measured yet")
-        lines.append(f"- **{name}**: {verdict} — `{json.dumps(detail, default=float)}`")
+    lines += [f"- {target_line(name, target)}" for name, target in report["targets"].items()]
     missing = [t for t in TASKS if t not in report["tasks"]]
     if missing:
         lines.append(f"- Tasks not run yet: {', '.join(missing)}.")
     return "\n".join(lines)
+
+
+def target_line(name: str, target: dict) -> str:
+    """One target of the issue in words: what was asked, the verdict and the figures behind it (JSON key ``name``)."""
+    verdict = "MET" if target["met"] else ("MISSED" if target.get("measured", True) else "not measured yet")
+    if name == "sst2_97pct_at_1_8_params_1_10_flops":
+        asked = (
+            "SST-2: a COST-EFF model at >= 97% of the teacher with <= 1/8 of its parameters and <= 1/10 of its FLOPs"
+        )
+        facts = "; ".join(
+            f"{c['name']} keeps {c['retention']:.1f}% with {c['params_ratio']:.1f}x fewer parameters and "
+            f"{c['flops_ratio']:.1f}x fewer FLOPs"
+            for c in target["candidates"]
+        )
+    elif name == "mean_retention_at_1_8_params":
+        asked = "five tasks: mean retention >= 96.5% at <= 1/8 of the parameters"
+        per_task = ", ".join(f"{task} {value:.1f}%" for task, value in target["per_task"].items())
+        if target["measured"] and not target["complete"]:
+            verdict = f"INCOMPLETE ({len(target['per_task'])} of {len(TASKS)} tasks measured)"
+        facts = f"mean {target['mean']:.1f}% ({per_task})" if target["measured"] else ""
+    elif name == "sst2_pareto_vs_baselines":
+        asked = "SST-2: at every matched FLOPs level COST-EFF >= DeeBERT, PABEE and static"
+        facts = "; ".join(
+            f"vs {kind}: {c['costeff_better_or_equal']} frontier points at least as good, {c['costeff_worse']} worse, "
+            f"{c['baseline_cannot_reach_flops']} cheaper than any {kind} point"
+            for kind, c in target["matched_flops"].items()
+        )
+    elif name == "policies_within_allowed_drop":
+        asked = "every exiting model's policy loses at most the allowed drop on the reported data"
+        facts = f"{target['checked']} models checked" + "".join(
+            f"; {v['task']} {v['name']} lost {v['drop']:.2f} (allowed {v['allowed']:.2f})" for v in target["violations"]
+        )
+    else:
+        asked, facts = (
+            name,
+            json.dumps({k: v for k, v in target.items() if k not in ("met", "measured")}, default=float),
+        )
+    return f"**{asked}**: {verdict}" + (f" — {facts}." if facts else ".")
 
 
 def plot(task: str, result: dict, path: Path) -> None:

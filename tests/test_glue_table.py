@@ -279,3 +279,32 @@ def test_targets_with_nothing_measured_are_not_met():
     out = glue_table.targets(report, [])
     assert out["policies_within_allowed_drop"] == {"violations": [], "checked": 0, "met": False, "measured": False}
     assert not any(t["met"] for t in out.values()) and not any(t["measured"] for t in out.values())
+    assert all("not measured yet" in glue_table.target_line(name, t) for name, t in out.items())
+
+
+def test_target_lines_say_what_was_measured():
+    def model(name, retention, params_ratio, flops_ratio, drop=0.5):
+        return {"name": name, "kind": "costeff", "retention": retention, "params_ratio": params_ratio}, {
+            "flops_ratio": flops_ratio,
+            "drop": drop,
+            "allowed_drop": 1.0,
+        }
+
+    tasks = {}
+    for task, retention in (("sst2", 95.9), ("mrpc", 100.6)):
+        a, b = model("costeff_eighth", retention, 8.01, 8.0, drop=1.4 if task == "mrpc" else 0.5)
+        tasks[task] = {"teacher": {"score": 90.0}, "models": [{**a, **b}], "matched_flops": {}}
+    out = glue_table.targets({"tasks": tasks}, [])
+    lines = {name: glue_table.target_line(name, t) for name, t in out.items()}
+    assert (
+        "MISSED — costeff_eighth keeps 95.9% with 8.0x fewer parameters and 8.0x fewer FLOPs"
+        in lines["sst2_97pct_at_1_8_params_1_10_flops"]
+    )
+    assert (
+        "INCOMPLETE (2 of 5 tasks measured) — mean 98.2% (sst2 95.9%, mrpc 100.6%)"
+        in lines["mean_retention_at_1_8_params"]
+    )
+    assert (
+        "MISSED — 2 models checked; mrpc costeff_eighth lost 1.40 (allowed 1.00)"
+        in lines["policies_within_allowed_drop"]
+    )
