@@ -625,14 +625,12 @@ def policy_text(criterion: str, report: dict | None) -> str:
 
     def half(part: dict) -> str:
         where = f"on half {part['reported_on']} (calibrated on {part['calibrated_on']})"
+        rule = f"{criterion} {sign} {part['calibrated_value']:.4g}"
         if part["kept"]:
-            return f"{part['calibrated_value']:.4g} {where}"
-        return (
-            f"all layers {where}: {sign} {part['calibrated_value']:.4g} lost {100 * part['check_drop']:.2f} there, "
-            "more than allowed"
-        )
+            return f"{rule} {where}"
+        return f"all layers {where}: {rule} lost {100 * part['check_drop']:.2f} there, more than allowed"
 
-    return f"{criterion} {sign} " + " / ".join(half(p) for p in report["parts"])
+    return " / ".join(half(p) for p in report["parts"])
 
 
 def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, halves, args, flops_config=None):
