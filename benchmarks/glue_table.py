@@ -1058,6 +1058,8 @@ class TaskRun:
                 cached["ffn"] = getattr(model.config, "layer_intermediate_sizes", None)
                 self.cache.write_json(f"eval-{key}-{eval_tag}.json", cached)
             entry = {"name": name, **cached}
+            if cached.get("halves"):  # rendered now, not cached: the wording may change without re-evaluating
+                entry["policy"] = policy_text(cached["criterion"], {"parts": cached["halves"]})
             if info["kind"] == "teacher":
                 out["teacher"] = {k: entry[k] for k in ("score", "params", "avg_flops", "metrics", "per_exit_score")}
             else:
