@@ -66,6 +66,28 @@ def tiny_config(**overrides):
     return CostEffConfig(**fields)
 
 
+def save_tiny_bert(folder, tokenizer, **overrides) -> str:
+    """Save a small random ``BertForSequenceClassification`` (seed 0) with ``tokenizer`` in ``folder``: a real
+    checkpoint that conversion, the example script and the benchmarks run on in seconds. Returns the folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    fields = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    fields.update(overrides)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**fields)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 # What a Hub-ready CostEff folder holds besides its tokenizer: weights, config and the code trust_remote_code runs.
 HUB_MODEL_FILES = frozenset(
     {"config.json", "model.safetensors", "configuration_costeff.py", "modeling_costeff.py", "choices.py"}

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -77,20 +78,8 @@ def test_bad_usage_exits_2_before_any_import(tmp_path):
 
 
 def test_convert_through_the_entry_point_is_quiet_and_registers_the_model(tmp_path, minilm_tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification
 
-    bert = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=minilm_tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-    )
-    bert.save_pretrained(tmp_path / "bert")
-    minilm_tokenizer.save_pretrained(tmp_path / "bert")
+    save_tiny_bert(tmp_path / "bert", minilm_tokenizer)
     done = _subprocess(["-m", "hf_costeff_cli", "--quiet", "convert", "bert", "out"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["num_exits"] == 2

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import ddp_worker
 import pytest
-import torch
+from conftest import save_tiny_bert
 from test_training import _args, _collate
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 import hf_costeff  # noqa: F401  (registers the Auto classes)
 from hf_costeff.training import MultiExitTrainer
@@ -33,28 +33,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_bert_folder(folder: Path, tokenizer) -> str:
-    """A small random BERT with the real MiniLM tokenizer: the example script runs on it in seconds."""
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, glue_dir, minilm_tokenizer):
     """Start the two processes once; returns (workdir, [rank 0 report, rank 1 report], [rank 0 output, ...])."""
     work = tmp_path_factory.mktemp("ddp")
-    bert = _tiny_bert_folder(work / "tiny-bert", minilm_tokenizer)
+    bert = save_tiny_bert(work / "tiny-bert", minilm_tokenizer, max_position_embeddings=64)
     port = str(_free_port())
     procs = []
     for rank in range(WORLD_SIZE):

@@ -166,10 +166,12 @@ def test_run_costeff_glue_paper_recipe_records_every_stage(tmp_path, glue_dir, m
     """--ta_epochs / --recover_hidden_epochs / --recover_epochs: the TA is distilled from the teacher and saved, a copy
     of it is pruned one head per layer per event while distilled from it, then recovered from it in two stages; every
     stage is in all_results.json, the summary table (TA column) and the model card. A second run reuses the TA."""
-    from test_distributed import _tiny_bert_folder
+    from conftest import save_tiny_bert
 
     example = _load_example("run_costeff_glue")
-    bert = _tiny_bert_folder(tmp_path / "tiny-bert", minilm_tokenizer)  # 2 layers, 4 heads: seconds per stage
+    bert = save_tiny_bert(
+        tmp_path / "tiny-bert", minilm_tokenizer, max_position_embeddings=64
+    )  # 2 layers, 4 heads: seconds per stage
     out = tmp_path / "run"
     argv = [
         *("--model_name_or_path", bert, "--glue_dir", str(glue_dir), "--task_name", "sst2"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import save_tiny_bert, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -150,22 +150,7 @@ def _write_tiny_glue(glue_dir, folder: Path) -> None:
 
 @pytest.fixture
 def tiny_bert(tmp_path, minilm_tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(minilm_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=2,
-    )
-    path = tmp_path / "tiny-bert"
-    BertForSequenceClassification(config).save_pretrained(path)
-    minilm_tokenizer.save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer)
 
 
 def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir, tiny_bert, monkeypatch):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import save_tiny_bert, tiny_config
 
 from hf_costeff import CostEffForSequenceClassification, count_parameters, forward_flops
 from hf_costeff.serving import EarlyExitTextClassificationPipeline, summarize_results
@@ -150,25 +150,12 @@ def test_cli_convert_and_evaluate(tmp_path, minilm_tokenizer, glue_dir, capsys, 
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no Hub lookups (evaluate's metric script): no network timeouts
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    from transformers import BertConfig, BertForSequenceClassification
 
     from hf_costeff.cli import main
     from hf_costeff.serving import load_costeff
 
     # A tiny BERT with MiniLM's tokenizer: the conversion and the GLUE sweep run for real, in seconds.
-    torch.manual_seed(0)
-    bert = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=minilm_tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=6,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-    )
-    bert.save_pretrained(tmp_path / "bert")
-    minilm_tokenizer.save_pretrained(tmp_path / "bert")
+    save_tiny_bert(tmp_path / "bert", minilm_tokenizer, num_hidden_layers=6)
     out = tmp_path / "costeff"
     assert main(["--quiet", "convert", str(tmp_path / "bert"), str(out), "--exit_layers", "2,4,6"]) == 0
     converted = json.loads(capsys.readouterr().out)
