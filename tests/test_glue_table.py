@@ -14,7 +14,7 @@ from conftest import save_tiny_bert, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-glue_table = pytest.importorskip("glue_table")
+import glue_table  # noqa: E402
 
 from hf_costeff.data import compute_glue_metrics  # noqa: E402
 from hf_costeff.evaluation import ExitPredictions  # noqa: E402
@@ -118,6 +118,43 @@ def test_halves_report_falls_back_to_all_layers_when_the_check_fails(monkeypatch
     assert kept["kept"] and kept["reported_drop"] == 0.0
     assert report["metric"] == 1.0 and report["avg_exit_layer"] == config.num_hidden_layers
     assert "all layers on half B" in glue_table.policy_text("entropy", report)
+
+
+def test_halves_report_checks_the_pooled_metric(monkeypatch):
+    """Matthews correlation is not an average over rows: two halves that each keep within the drop can lose more
+    together. The pooled check then falls back the half whose threshold lost most on its own half."""
+    config = tiny_config(num_labels=2, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    # Labels, all-layers and early predictions of 10 rows per half, found by a random search for a pooled Matthews
+    # loss (0.40) well above each half's (0.16 and 0.16).
+    label = [0, 1, 0, 0, 0, 1, 0, 0, 1, 1] + [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    last = [1, 1, 1, 0, 0, 0, 0, 1, 1, 1] + [1, 1, 1, 1, 1, 1, 0, 1, 1, 1]
+    early = [1, 1, 1, 0, 1, 0, 0, 1, 1, 1] + [1, 0, 1, 1, 1, 0, 0, 0, 1, 1]
+    n = len(label)
+    halves = glue_table.dev_halves(n, seed=0)
+    order = np.concatenate(halves)  # row i of the lists above is dev row order[i]
+    labels = torch.zeros(n, dtype=torch.long)
+    logits = torch.zeros(n, config.num_exits, 2)  # middle exits unsure (entropy ln 2): nobody leaves there
+    for i, row in enumerate(order):
+        labels[row] = label[i]
+        logits[row, -1, last[i]] = 5.0
+        if early[i] != last[i]:
+            logits[row, 0, early[i]] = 20.0  # sure at the first exit, and it differs from all layers
+    preds = ExitPredictions(logits, labels, torch.full((n,), 10), config)
+    monkeypatch.setattr(glue_table, "calibrate_threshold", lambda p, **kwargs: 0.3)
+    allowed = 0.25
+    report = glue_table.halves_report(preds, config, "cola", "entropy", halves, max_metric_drop=allowed)
+
+    half_drops = [p["check_drop"] for p in report["parts"]]
+    assert half_drops == pytest.approx([0.1611, 0.1609], abs=1e-3) or half_drops == pytest.approx(
+        [0.1609, 0.1611], abs=1e-3
+    )
+    assert all(p["rejected_by"] in (None, "pooled") for p in report["parts"])  # both pass their own half's check
+    rejected = [p for p in report["parts"] if p["rejected_by"] == "pooled"]
+    assert rejected and rejected[0]["pooled_drop"] == pytest.approx(0.4015, abs=1e-3)
+    assert rejected[0]["check_drop"] == max(half_drops)  # the half that lost most on its own half falls back first
+    full = compute_glue_metrics("cola", np.array(last)[np.argsort(order)], labels.numpy())["matthews_correlation"]
+    assert full - report["metric"] <= allowed + 1e-12  # the pooled promise holds
+    assert "the pooled dev lost 40.15" in glue_table.policy_text("entropy", report)
 
 
 def test_budget_parsing_and_rank_fit():

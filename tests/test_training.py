@@ -299,14 +299,8 @@ def test_short_training_run_logs_loss_terms_and_learns(tmp_path):
 
 @pytest.fixture
 def slenderize():
-    module = pytest.importorskip("hf_costeff.slenderize", reason="hf_costeff.slenderize not available yet")
-    missing = [
-        name
-        for name in ("PruningConfig", "compute_importance", "plan_widths", "prune_model", "factorize_embeddings")
-        if not hasattr(module, name)
-    ]
-    if missing:
-        pytest.skip(f"hf_costeff.slenderize lacks {missing}")
+    from hf_costeff import slenderize as module
+
     return module
 
 
