@@ -299,7 +299,14 @@ def test_targets_with_nothing_measured_are_not_met():
     """An all-pending report must not read as a kept promise (no model measured is not "no violation")."""
     report = {"tasks": {"sst2": {"teacher": None, "models": [], "matched_flops": {}}}}
     out = glue_table.targets(report, [])
-    assert out["policies_within_allowed_drop"] == {"violations": [], "checked": 0, "met": False, "measured": False}
+    assert out["policies_within_allowed_drop"] == {
+        "violations": [],
+        "checked": 0,
+        "halves": 0,
+        "fell_back": {"half": 0, "pooled": 0},
+        "met": False,
+        "measured": False,
+    }
     assert not any(t["met"] for t in out.values()) and not any(t["measured"] for t in out.values())
     assert all("not measured yet" in glue_table.target_line(name, t) for name, t in out.items())
 
@@ -315,7 +322,9 @@ def test_target_lines_say_what_was_measured():
     tasks = {}
     for task, retention in (("sst2", 95.9), ("mrpc", 100.6)):
         a, b = model("costeff_eighth", retention, 8.01, 8.0, drop=1.4 if task == "mrpc" else 0.5)
-        tasks[task] = {"teacher": {"score": 90.0}, "models": [{**a, **b}], "matched_flops": {}}
+        kept = {"kept": True, "rejected_by": None}
+        halves = [kept, {"kept": False, "rejected_by": "pooled" if task == "mrpc" else "half"}]
+        tasks[task] = {"teacher": {"score": 90.0}, "models": [{**a, **b, "halves": halves}], "matched_flops": {}}
     out = glue_table.targets({"tasks": tasks}, [])
     lines = {name: glue_table.target_line(name, t) for name, t in out.items()}
     assert (
@@ -327,6 +336,6 @@ def test_target_lines_say_what_was_measured():
         in lines["mean_retention_at_1_8_params"]
     )
     assert (
-        "MISSED — 2 models checked; mrpc costeff_eighth lost 1.40 (allowed 1.00)"
-        in lines["policies_within_allowed_drop"]
+        "MISSED — 2 models checked; 2 of 4 dev halves fell back to every layer (1 failed their own half's check, "
+        "1 the pooled check); mrpc costeff_eighth lost 1.40 (allowed 1.00)" in lines["policies_within_allowed_drop"]
     )
