@@ -161,7 +161,21 @@ def test_budget_parsing_and_rank_fit():
     b = glue_table.Budget.parse("eighth=2:256:p0.125:trim")
     assert (b.heads, b.ffn, b.rank, b.params_fraction, b.trim) == (2, 256, None, 0.125, True)
     assert glue_table.Budget.parse("wide=8:1024:r256").rank == 256
-    for bad in ("x=2:256", "x=2:256:q3", "x=0:256:r4", "x=2:256:p2", "x=2:256:r4:fast"):
+    # The default schedule stays out of the stage keys: stages built before epochs_scale existed keep their cache.
+    assert b.epochs_scale == 1.0
+    assert b.settings() == {
+        "name": "eighth",
+        "heads": 2,
+        "ffn": 256,
+        "rank": None,
+        "params_fraction": 0.125,
+        "trim": True,
+    }
+    long = glue_table.Budget.parse("eighth=2:256:p0.125:trim:x2")
+    assert long.epochs_scale == 2.0 and long.trim and long.settings()["epochs_scale"] == 2.0
+    assert glue_table.Budget.parse("e=2:256:r8:x1.5").epochs_scale == 1.5
+    bad_budgets = ("x=2:256", "x=2:256:q3", "x=0:256:r4", "x=2:256:p2", "x=2:256:r4:fast", "x=2:256:r4:x0")
+    for bad in bad_budgets + ("x=2:256:r4:x", "x=2:256:r4:x2:x3"):
         with pytest.raises(ValueError, match="--budgets"):
             glue_table.Budget.parse(bad)
     from hf_costeff.cost import count_parameters
