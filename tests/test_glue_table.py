@@ -339,8 +339,16 @@ def test_target_lines_say_what_was_measured():
         kept = {"kept": True, "rejected_by": None}
         halves = [kept, {"kept": False, "rejected_by": "pooled" if task == "mrpc" else "half"}]
         tasks[task] = {"teacher": {"score": 90.0}, "models": [{**a, **b, "halves": halves}], "matched_flops": {}}
+    front = {"costeff_better_or_equal": 3, "costeff_worse": 0, "baseline_cannot_reach_flops": 1}
+    tasks["sst2"]["matched_flops"] = {kind: front for kind in ("deebert", "pabee", "static")}
+    tasks["sst2"]["pending"] = {"static_quarter": "not built yet", "abl_no_ta": "not built yet"}
     out = glue_table.targets({"tasks": tasks}, [])
     lines = {name: glue_table.target_line(name, t) for name, t in out.items()}
+    # No worse point so far, but a static baseline still pending: no verdict yet.
+    assert not out["sst2_pareto_vs_baselines"]["met"]
+    assert "INCOMPLETE (static_quarter not built yet)" in lines["sst2_pareto_vs_baselines"]
+    del tasks["sst2"]["pending"]["static_quarter"]
+    assert glue_table.targets({"tasks": tasks}, [])["sst2_pareto_vs_baselines"]["met"]
     assert (
         "MISSED — costeff_eighth keeps 95.9% with 8.0x fewer parameters and 8.0x fewer FLOPs"
         in lines["sst2_97pct_at_1_8_params_1_10_flops"]
