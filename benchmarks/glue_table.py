@@ -1416,11 +1416,21 @@ def plot(task: str, result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     t = result["teacher"]
-    colors = {"costeff": "tab:red", "static": "tab:green", "deebert": "tab:blue", "pabee": "tab:orange"}
+    # One hue per kind; within a kind, darker = fewer parameters, so the budgets stay apart on one plot.
+    maps = {"costeff": "Reds", "static": "Greens", "deebert": "Blues", "pabee": "Oranges"}
+    by_kind: dict[str, list[dict]] = {}
+    for m in result["models"]:
+        if m["name"] != "costeff_ta":
+            by_kind.setdefault(m["kind"], []).append(m)
+    shade = {}
+    for kind, models in by_kind.items():
+        cmap = matplotlib.colormaps[maps[kind]]
+        for i, m in enumerate(sorted(models, key=lambda m: -m["params"])):
+            shade[m["name"]] = cmap(0.45 + 0.5 * (i + 1) / len(models)) if len(models) > 1 else cmap(0.7)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.scatter([1.0], [t["score"]], marker="*", s=200, c="k", label="teacher", zorder=5)
     for m in result["models"]:
-        color = "tab:gray" if m["name"] == "costeff_ta" else colors[m["kind"]]
+        color = "tab:gray" if m["name"] == "costeff_ta" else shade[m["name"]]
         if m["sweep"]:
             pts = sorted((t["avg_flops"] / f, s) for f, s in m["sweep"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.5, lw=1)
