@@ -672,7 +672,7 @@ def policy_text(criterion: str, report: dict | None) -> str:
         rule = f"{criterion} {sign} {part['calibrated_value']:.4g}"
         if part["kept"]:
             return f"{rule} {where}"
-        if part.get("rejected_by") == "pooled":
+        if part["rejected_by"] == "pooled":
             return (
                 f"all layers {where}: {rule} kept its half within the drop (lost {100 * part['check_drop']:.2f}), but "
                 f"the pooled dev lost {100 * part['pooled_drop']:.2f}, more than allowed"
@@ -1032,8 +1032,14 @@ class TaskRun:
             if budget.trim and not trim_available():
                 self.pending[f"static_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
                 continue
+            settings = {
+                **common,
+                "budget": budget.settings(),
+                "epochs": static_epochs * budget.epochs_scale,
+                "lr": args.recover_lr,
+            }
 
-            def static(work, out, b=budget):
+            def static(work, out, b=budget, st=settings):
                 teacher = self.load(teacher_key)
                 tokenizer = self.data.tokenizer
                 if b.trim:
@@ -1045,8 +1051,8 @@ class TaskRun:
                     args,
                     work,
                     self.model_path,
-                    epochs=static_epochs * b.epochs_scale,
-                    lr=args.recover_lr,
+                    epochs=st["epochs"],
+                    lr=st["lr"],
                     tokenizer=tokenizer,
                 )
                 model, meta = pareto.build_static(ctx, teacher, (b.heads, b.ffn, rank))
@@ -1055,18 +1061,7 @@ class TaskRun:
                     tokenizer.save_pretrained(out)
                 return {**meta, "embedding_rank": rank, "params_cap": cap}
 
-            baseline(
-                f"static_{budget.name}",
-                "static",
-                "none",
-                {
-                    **common,
-                    "budget": budget.settings(),
-                    "epochs": static_epochs * budget.epochs_scale,
-                    "lr": args.recover_lr,
-                },
-                static,
-            )
+            baseline(f"static_{budget.name}", "static", "none", settings, static)
 
     # -- evaluation
 
@@ -1244,10 +1239,7 @@ def targets(report: dict, budgets) -> dict:
     # How often the calibration alone kept its promise: a half that fell back runs every layer (the promise is kept by
     # the check, at the cost of the FLOPs that half's threshold would have saved).
     halves = [part for t in tasks.values() for m in t["models"] for part in m.get("halves") or []]
-    fell_back = {
-        by: sum(part.get("rejected_by", None if part["kept"] else "half") == by for part in halves)
-        for by in ("half", "pooled")
-    }
+    fell_back = {by: sum(part["rejected_by"] == by for part in halves) for by in ("half", "pooled")}
     # With no model measured there is nothing to hold the promise against: not "met", but "not measured yet".
     out["policies_within_allowed_drop"] = {
         "violations": broken,
@@ -1386,17 +1378,17 @@ def target_line(name: str, target: dict) -> str:
             f"{c['baseline_cannot_reach_flops']} cheaper than any {kind} point"
             for kind, c in target["matched_flops"].items()
         )
-        if target["measured"] and not target.get("complete", True):
-            waiting = target.get("pending_baselines", [])
+        if target["measured"] and not target["complete"]:
+            waiting = target["pending_baselines"]
             verdict = f"INCOMPLETE ({', '.join(waiting) or 'a baseline kind'} not built yet)"
     elif name == "policies_within_allowed_drop":
         asked = "every exiting model's policy loses at most the allowed drop on the reported data"
-        back = target.get("fell_back", {})
+        back = target["fell_back"]
         facts = f"{target['checked']} models checked"
-        if target.get("halves"):
+        if target["halves"]:
             facts += (
                 f"; {sum(back.values())} of {target['halves']} dev halves fell back to every layer "
-                f"({back.get('half', 0)} failed their own half's check, {back.get('pooled', 0)} the pooled check)"
+                f"({back['half']} failed their own half's check, {back['pooled']} the pooled check)"
             )
         facts += "".join(
             f"; {v['task']} {v['name']} lost {v['drop']:.2f} (allowed {v['allowed']:.2f})" for v in target["violations"]
