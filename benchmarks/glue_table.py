@@ -17,12 +17,13 @@ evaluates):
 Then every finished stage is evaluated (cached too) and, with --write, docs/results/glue_table.json, a Pareto PNG per
 task and the table in docs/results.md are generated from the evaluations. Stages not finished are listed as pending.
 
-Thresholds: the dev set is split into two fixed halves (seeded permutation). Each exiting model's threshold is
-calibrated (``hf_costeff.evaluation.calibrate_threshold``, at most --max_metric_drop minus --calibration_margin below
-all layers) on one half and applied to the other, and vice versa, so every reported dev prediction comes from a
-threshold chosen without it. As the main job checks its saved policy on dev, each threshold is checked on the half it
-is applied to: one that loses more than --max_metric_drop there is not deployed, and that half runs every layer (the
-table's policy column says so).
+Thresholds: the dev set is split into two fixed halves (seeded permutation). Each exiting model's policy is
+calibrated (``hf_costeff.evaluation.calibrate_policy``, at most --max_metric_drop minus --calibration_margin below
+all layers: entropy, except PABEE's patience for the PABEE baseline and for STS-B, the regression task, whose
+patience and agreement threshold are chosen together) on one half and applied to the other, and vice versa, so every
+reported dev prediction comes from a policy chosen without it. As the main job checks its saved policy on dev, each
+policy is checked on the half it is applied to: one that loses more than --max_metric_drop there is not deployed, and
+that half runs every layer (the table's policy column says so).
 
 Stage cache: ``<cache_dir>/<task>_<data>_<model>_len<L>_s<seed>[_n<N>]/<stage>-<hash>/``; the hash covers the stage's
 settings and the stages it was built from, so changing a setting builds a new stage next to the old one. A stage is
@@ -77,8 +78,9 @@ from hf_costeff.cost import average_flops, count_parameters
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
 from hf_costeff.evaluation import (
     ExitPredictions,
-    calibrate_threshold,
+    calibrate_policy,
     collect_exit_logits,
+    default_regression_thresholds,
     default_thresholds,
     logits_to_predictions,
     simulate_early_exit,
@@ -603,20 +605,24 @@ def halves_report(
     parts, rows = [], []
     for cal, rep in ((0, 1), (1, 0)):
         cal_preds, rep_preds = subset(preds, halves[cal]), subset(preds, halves[rep])
-        value = calibrate_threshold(
+        policy = calibrate_policy(
             cal_preds, task=task, criterion=criterion, max_metric_drop=max_metric_drop, config=config, margin=margin
         )
-        on_rep = sweep_thresholds(rep_preds, config, task, criterion, [value])[0]
-        on_cal = sweep_thresholds(cal_preds, config, task, criterion, [value])[0]
+        value, regression_threshold = policy.value, policy.regression_threshold
+        on_rep = sweep_thresholds(rep_preds, config, task, criterion, [value], regression_threshold)[0]
+        on_cal = sweep_thresholds(cal_preds, config, task, criterion, [value], regression_threshold)[0]
         all_rep = sweep_thresholds(rep_preds, config, task, "none", [None])[0]
         all_cal = sweep_thresholds(cal_preds, config, task, "none", [None])[0]
         drop = all_rep["metric"] - on_rep["metric"]
         kept = drop <= max_metric_drop + 1e-12
+        # Patience on a regression model has a second parameter; the key is written only then.
+        extra = {} if regression_threshold is None else {"regression_threshold": regression_threshold}
         parts.append(
             {
                 "calibrated_on": "AB"[cal],
                 "reported_on": "AB"[rep],
                 "calibrated_value": value,
+                **extra,
                 "calibration_drop": all_cal["metric"] - on_cal["metric"],
                 "check_drop": drop,
                 "kept": kept,
@@ -631,8 +637,11 @@ def halves_report(
         layers = torch.zeros(n, dtype=torch.long)
         predictions = torch.zeros(n, dtype=torch.float32 if preds.logits.shape[-1] == 1 else torch.long)
         for part, (rep_preds, index, _, _) in zip(parts, rows, strict=True):
-            rule = criterion if part["kept"] else "none"
-            rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, rule, part["calibrated_value"])
+            if part["kept"]:
+                policy = (criterion, part["calibrated_value"], part.get("regression_threshold"))
+            else:
+                policy = ("none", None, None)
+            rep_layers, rep_predictions = simulate_early_exit(rep_preds, config, *policy)
             index = torch.as_tensor(index, dtype=torch.long)
             layers[index], predictions[index] = rep_layers, rep_predictions.to(predictions.dtype)
         return layers, predictions, compute_glue_metrics(task, predictions.numpy(), preds.labels.numpy())
@@ -670,6 +679,8 @@ def policy_text(criterion: str, report: dict | None) -> str:
     def half(part: dict) -> str:
         where = f"on half {part['reported_on']} (calibrated on {part['calibrated_on']})"
         rule = f"{criterion} {sign} {part['calibrated_value']:.4g}"
+        if "regression_threshold" in part:
+            rule += f" (consecutive exits within {part['regression_threshold']:.4g})"
         if part["kept"]:
             return f"{rule} {where}"
         if part["rejected_by"] == "pooled":
@@ -690,9 +701,9 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
     preds.config = config
     full = sweep_thresholds(preds, config, task, "none", [None])[0]
     exits = criterion != "none" and config.num_exits > 1
-    if exits and get_task(task).num_labels == 1:
-        exits = False  # regression: no entropy; the patience rule needs a regression threshold of its own
-        criterion = "none"
+    regression = get_task(task).num_labels == 1
+    if exits and regression:
+        criterion = "patience"  # a single output has no entropy: PABEE's rule, with its agreement threshold calibrated
     report = (
         halves_report(preds, config, task, criterion, halves, args.max_metric_drop, args.calibration_margin)
         if exits
@@ -701,7 +712,15 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
     reported = report or full
     sweep = []
     if exits:
-        sweep = sweep_thresholds(preds, config, task, criterion, default_thresholds(preds, criterion, num=40))
+        if regression:  # two parameters: every (patience, agreement threshold) pair, kept as its frontier below
+            sweep = [
+                row
+                for t in default_regression_thresholds(preds)
+                for row in sweep_thresholds(preds, config, task, criterion, default_thresholds(preds, criterion), t)
+            ]
+        else:
+            sweep = sweep_thresholds(preds, config, task, criterion, default_thresholds(preds, criterion, num=40))
+    points = [(r["avg_flops"], 100 * r["metric"]) for r in sweep]
     main = get_task(task).main_metric
     per_exit = [
         compute_glue_metrics(task, logits_to_predictions(preds.logits[:, k].numpy()), preds.labels.numpy())[main]
@@ -722,7 +741,7 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
         "metrics": {k: 100 * v for k, v in reported["metrics"].items()},
         "halves": report["parts"] if report else None,
         "per_exit_score": [100 * v for v in per_exit],
-        "sweep": [(r["avg_flops"], 100 * r["metric"]) for r in sweep],
+        "sweep": pareto.frontier(points) if regression else points,
     }
 
 
@@ -1084,6 +1103,8 @@ class TaskRun:
                     "margin": self.args.calibration_margin,
                     "seed": self.args.seed,
                     "v": 4,
+                    # A regression task's models exit by calibrated patience since this field; before, every layer.
+                    **({"regression_exit": "patience"} if spec.num_labels == 1 else {}),
                 }
             ).encode()
         ).hexdigest()[:8]

@@ -18,6 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
+from hf_costeff.configuration_costeff import ExitPolicy
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results" / "main_job_sst2.json"
 BEGIN, END = "<!-- main-job:begin -->", "<!-- main-job:end -->"
@@ -28,9 +30,9 @@ def _pct(value: float) -> str:
 
 
 def _policy(r: dict) -> str:
-    if r["deployed_exit_criterion"] == "entropy":
-        return f"entropy < {r['deployed_exit_threshold']:.4f}"
-    return "every layer (the calibrated threshold failed its dev check)"
+    # The quoted run predates deployed_exit_patience: an entropy policy has no patience.
+    policy = ExitPolicy(r["deployed_exit_criterion"], r["deployed_exit_threshold"], r.get("deployed_exit_patience"))
+    return str(policy) if policy.criterion != "none" else "every layer (the calibrated policy failed its dev check)"
 
 
 def readme_paragraph(r: dict) -> str:

@@ -58,9 +58,9 @@ from transformers import (
 )
 
 from hf_costeff import CostEffConfig, CostEffForSequenceClassification, average_flops, count_parameters, forward_flops
-from hf_costeff.configuration_costeff import sentence_transformers_pooling
+from hf_costeff.configuration_costeff import ExitPolicy, sentence_transformers_pooling
 from hf_costeff.data import compute_glue_metrics, get_task, load_glue, tokenize_glue
-from hf_costeff.evaluation import calibrate_threshold, first_exit_warning, measure_latency, sweep_thresholds
+from hf_costeff.evaluation import calibrate_policy, first_exit_warning, measure_latency, sweep_thresholds
 from hf_costeff.serving import write_model_card
 from hf_costeff.serving.hub import load_folder_tokenizer, save_pretrained_atomic
 from hf_costeff.slenderize import write_vocab_file
@@ -88,6 +88,13 @@ class CostEffArguments:
     )
     teacher_epochs: float = field(default=1.0, metadata={"help": "Stage-1 fine-tuning epochs."})
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Stage-1 fine-tuning learning rate."})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={
+            "help": "As in run_glue: fine-tune a --model_name_or_path whose classification head has another number "
+            "of labels (e.g. an SST-2 model for STS-B) with a new head."
+        },
+    )
     ta_epochs: float = field(
         default=0.0,
         metadata={
@@ -300,9 +307,20 @@ def stage1_teacher(cargs, targs, tokenizer, data, collator):
         teacher = AutoModelForSequenceClassification.from_pretrained(path)
     else:
         logger.info("Stage 1: fine-tuning the teacher from %s", cargs.model_name_or_path)
-        teacher = BertForSequenceClassification.from_pretrained(
-            cargs.model_name_or_path, **label_fields(cargs.task_name)
-        )
+        try:
+            teacher = BertForSequenceClassification.from_pretrained(
+                cargs.model_name_or_path,
+                ignore_mismatched_sizes=cargs.ignore_mismatched_sizes,
+                **label_fields(cargs.task_name),
+            )
+        except RuntimeError as err:  # transformers' refusal names its own keyword; say which flag of ours sets it
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            raise ValueError(
+                f"--model_name_or_path {cargs.model_name_or_path!r} has a classification head of another size than "
+                f"{cargs.task_name}'s {get_task(cargs.task_name).num_labels} label(s); pass --ignore_mismatched_sizes "
+                "to fine-tune it with a new head"
+            ) from err
     args = TrainingArguments(
         output_dir=str(teacher_dir),
         num_train_epochs=cargs.teacher_epochs,
@@ -551,15 +569,16 @@ def ta_costs(ta, dev) -> dict:
 
 
 def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
-    """Choose the saved entropy threshold on the calibration rows, check its promise on dev, ship a safe policy.
+    """Choose the saved exit policy on the calibration rows, check its promise on dev, ship a safe policy.
 
-    The threshold is the fastest whose drop of the main metric against running every layer is at most
-    ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then measured and recorded
-    next to the allowed one; if it exceeds ``max_metric_drop`` (or no threshold qualifies), the model is saved with
-    ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A saved policy that
-    sends nearly every dev row out at layer 1 is reported as a warning (``first_exit_warning``). The exit logits come
-    from the trainer's gathered evaluation loop (with its progress bar): under torchrun every process sees every
-    calibration and dev row, so all processes pick the same policy.
+    The policy (an entropy threshold for a classifier; for a regression task such as STS-B, which has no entropy,
+    PABEE's patience with its agreement threshold) is the fastest whose drop of the main metric against running every
+    layer is at most ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then
+    measured and recorded next to the allowed one; if it exceeds ``max_metric_drop`` (or no policy qualifies), the
+    model is saved with ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A
+    saved policy that sends nearly every dev row out at layer 1 is reported as a warning (``first_exit_warning``). The
+    exit logits come from the trainer's gathered evaluation loop (with its progress bar): under torchrun every process
+    sees every calibration and dev row, so all processes pick the same policy.
     """
     model, task = trainer.model, cargs.task_name
     metric = get_task(task).main_metric
@@ -567,48 +586,46 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     calibration, dev = trainer.collect_exit_logits(data["calibration"]), trainer.collect_exit_logits(data["validation"])
     allowed, warnings = cargs.max_metric_drop, []
     try:
-        threshold = calibrate_threshold(
-            calibration, task=task, criterion="entropy", max_metric_drop=allowed, margin=cargs.calibration_margin
-        )
+        policy = calibrate_policy(calibration, task=task, max_metric_drop=allowed, margin=cargs.calibration_margin)
     except ValueError as err:
-        threshold = None
-        warnings.append(f"no entropy threshold meets the target on the calibration rows ({err})")
+        policy = None
+        warnings.append(f"no exit policy meets the target on the calibration rows ({err})")
     full = sweep_thresholds(dev, model.config, task, "none", [None])[0]
     results.update(
         {
             "calibration_rows": len(data["calibration"]),
             "calibration_margin": cargs.calibration_margin,
-            "calibrated_exit_threshold": None if threshold is None else float(threshold),
+            "calibrated_exit_policy": None if policy is None else policy._asdict(),
             "max_metric_drop": allowed,
             f"student_full_{metric}": full["metric"],
             "student_full_avg_flops": full["avg_flops"],
         }
     )
-    row = full
-    if threshold is not None:
-        candidate = sweep_thresholds(dev, model.config, task, "entropy", [threshold])[0]
+    row, deployed = full, ExitPolicy("none", None, None)
+    if policy is not None:
+        candidate = sweep_thresholds(
+            dev, model.config, task, policy.criterion, [policy.value], policy.regression_threshold
+        )[0]
         results["calibrated_dev_metric_drop"] = full["metric"] - candidate["metric"]
         if full["metric"] - candidate["metric"] <= allowed + 1e-12:
-            row = candidate
+            row, deployed = candidate, policy
             on_dev = first_exit_warning(candidate)
             if on_dev is not None:
                 warnings.append(f"on dev, {on_dev}")
         else:
             warnings.append(
-                f"entropy < {threshold:.4f} loses {full['metric'] - candidate['metric']:.4f} {metric} on dev, more than "
-                f"the allowed {allowed:g}: the model is saved with exit_criterion='none' (every layer); choose a "
-                "threshold yourself with `hf-costeff evaluate`"
+                f"{policy} loses {full['metric'] - candidate['metric']:.4f} {metric} on dev, more than the allowed "
+                f"{allowed:g}: the model is saved with exit_criterion='none' (every layer); choose a policy yourself "
+                "with `hf-costeff evaluate`"
             )
-    if row is full:
-        model.config.exit_criterion, model.config.exit_threshold = "none", None
-    else:
-        model.config.exit_criterion, model.config.exit_threshold = "entropy", float(threshold)
+    deployed.apply(model.config)
     for warning in warnings:
         logger.warning("Saved exit policy: %s", warning)
     results.update(
         {
             "deployed_exit_criterion": model.config.exit_criterion,
             "deployed_exit_threshold": model.config.exit_threshold,
+            "deployed_exit_patience": model.config.exit_patience,
             f"deployed_{metric}": row["metric"],
             "deployed_metric_drop": full["metric"] - row["metric"],
             "deployed_avg_exit_layer": row["avg_exit_layer"],
@@ -690,6 +707,19 @@ def save_final_model(model, tokenizer, folder: Path, cargs, results: dict, teach
     )
 
 
+def deployed_policy(results: dict) -> ExitPolicy:
+    """The saved exit policy, from ``results`` (= all_results.json)."""
+    return ExitPolicy(
+        results["deployed_exit_criterion"], results["deployed_exit_threshold"], results["deployed_exit_patience"]
+    )
+
+
+def calibrated_policy(results: dict) -> ExitPolicy | None:
+    """The policy chosen on the calibration rows (saved or not), or ``None`` when none met the target."""
+    chosen = results["calibrated_exit_policy"]
+    return None if chosen is None else ExitPolicy(**chosen)
+
+
 def training_recipe(results: dict, metric: str) -> list[str]:
     """The model card's account of the run: every stage with its dev metric, then how the exit policy was chosen."""
     steps = [
@@ -701,20 +731,20 @@ def training_recipe(results: dict, metric: str) -> list[str]:
         )
         for stage in results.get("stages", [])
     ]
-    threshold = results["calibrated_exit_threshold"]
+    calibrated = calibrated_policy(results)
     policy = (
-        f"exit policy: entropy < {threshold:.4f}, the fastest threshold losing at most "
+        f"exit policy: {calibrated}, the fastest policy losing at most "
         f"{results['max_metric_drop'] - results['calibration_margin']:g} {metric} on {results['calibration_rows']} "
         "held-out training rows"
-        if threshold is not None
-        else f"exit policy: no entropy threshold met the target on {results['calibration_rows']} held-out training rows"
+        if calibrated is not None
+        else f"exit policy: no exit policy met the target on {results['calibration_rows']} held-out training rows"
     )
-    if results["deployed_exit_criterion"] == "entropy":
+    if deployed_policy(results).criterion != "none":
         policy += (
             f"; on dev it lost {results['deployed_metric_drop']:.4f} of the allowed {results['max_metric_drop']:g}"
         )
-    else:
-        policy += "; saved to run every layer (the threshold did not keep its promise on dev)" if threshold else ""
+    elif calibrated is not None:
+        policy += "; saved to run every layer (the policy did not keep its promise on dev)"
     return [*steps, policy]
 
 
@@ -738,11 +768,7 @@ def summary_table(results: dict, task: str) -> str:
     student (every layer, and with the saved exit policy) — main metric, parameters, mean FLOPs per dev example,
     measured time — then the policy's promise check, each training stage and each pruning event."""
     metric = get_task(task).main_metric
-    policy = (
-        f"entropy < {results['deployed_exit_threshold']:.4f}"
-        if results["deployed_exit_criterion"] == "entropy"
-        else "every layer"
-    )
+    policy = str(deployed_policy(results))
     student = results["student_params"]
     # One column per model: (header, key prefix of its timings, metric, total / encoder parameters, FLOPs, exit layer)
     models = [
@@ -813,11 +839,12 @@ def summary_table(results: dict, task: str) -> str:
     check = (
         f"dev drop {drop:.4f} of an allowed {results['max_metric_drop']:g}"
         if drop is not None
-        else "no threshold met the target on the calibration rows"
+        else "no policy met the target on the calibration rows"
     )
-    verdict = "kept" if results["deployed_exit_criterion"] == "entropy" else "NOT kept: saved to run every layer"
-    calibrated = results["calibrated_exit_threshold"]
-    lines.append(f"Exit policy: entropy < {calibrated:.4f} " if calibrated is not None else "Exit policy: ")
+    kept = deployed_policy(results).criterion != "none"
+    verdict = "kept" if kept else "NOT kept: saved to run every layer"
+    calibrated = calibrated_policy(results)
+    lines.append(f"Exit policy: {calibrated} " if calibrated is not None else "Exit policy: ")
     lines[-1] += (
         f"calibrated on {results['calibration_rows']} held-out training rows (margin {results['calibration_margin']:g}); "
         f"{check}: promise {verdict}"
@@ -902,6 +929,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
     full_config = copy.deepcopy(student.config)  # pruning rewrites the model's config in place
     thresholds = [float(t) for t in cargs.eval_thresholds.split(",") if t]
+    if thresholds and get_task(cargs.task_name).num_labels == 1:
+        logger.info(
+            "--eval_thresholds are entropy thresholds: %s is a regression task, they are not evaluated", cargs.task_name
+        )
+        thresholds = []
     stages = Stages(cargs, targs, data, collator, tokenizer)
     results["stages"] = [teacher_stage_record(cargs, results, len(data["train"]), model_label)]
 

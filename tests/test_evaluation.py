@@ -9,11 +9,14 @@ import torch
 from conftest import tiny_config
 
 from hf_costeff import CostEffForSequenceClassification
+from hf_costeff.configuration_costeff import ExitPolicy
 from hf_costeff.cost import average_flops
 from hf_costeff.evaluation import (
     ExitPredictions,
+    calibrate_policy,
     calibrate_threshold,
     collect_exit_logits,
+    default_regression_thresholds,
     default_thresholds,
     evaluate_exit_logits,
     evaluate_policy,
@@ -224,6 +227,77 @@ def test_calibrate_threshold_from_a_model_and_patience():
     row = sweep_thresholds(preds, None, "rte", "patience", [patience])[0]
     full = sweep_thresholds(preds, None, "rte", "none", [None])[0]
     assert row["metric"] >= full["metric"]
+
+
+def test_calibrate_policy_on_a_regression_model_chooses_patience_and_agreement_together():
+    """A regression model's policy has two parameters; the calibration returns the fastest pair within the drop."""
+    config = tiny_config(num_labels=1, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    generator = torch.Generator().manual_seed(0)
+    n = 300
+    labels = torch.rand(n, generator=generator) * 5
+    # Each exit is the label plus noise: small at every exit on easy rows (they can leave early), shrinking with
+    # depth on hard ones (leaving early costs there).
+    noise = torch.tensor([1.0, 0.5, 0.2, 0.1]).repeat(n, 1)
+    noise[: n // 2] = 0.05
+    logits = (labels[:, None] + noise * torch.randn(n, 4, generator=generator)).unsqueeze(-1)
+    preds = ExitPredictions(logits, labels, torch.randint(4, 20, (n,), generator=generator), config)
+    allowed = 0.01
+    policy = calibrate_policy(preds, task="stsb", max_metric_drop=allowed)
+    assert isinstance(policy, ExitPolicy) and policy.criterion == "patience"
+    assert policy.value == policy.patience and policy.regression_threshold == policy.threshold >= 0
+    # Brute force over the same grid: nothing within the drop is cheaper.
+    full = evaluate_policy(preds, None, "stsb", "none", None)["metric"]
+    grid = [
+        row
+        for t in default_regression_thresholds(preds)
+        for row in sweep_thresholds(preds, None, "stsb", "patience", default_thresholds(preds, "patience"), t)
+    ]
+    ok = [r for r in grid if full - r["metric"] <= allowed + 1e-12]
+    chosen = evaluate_policy(preds, None, "stsb", "patience", policy.patience, policy.threshold)
+    assert full - chosen["metric"] <= allowed + 1e-12
+    assert chosen["avg_flops"] == pytest.approx(min(r["avg_flops"] for r in ok))
+    assert chosen["flops_speedup"] > 1.1 and sum(1 for c in chosen["exit_histogram"].values() if c) >= 2
+
+
+def test_a_regression_policy_in_the_configuration_exits_where_the_simulation_says():
+    model = _random_model(num_labels=1)
+    batches = _batches(num_batches=4)
+    preds = collect_exit_logits(model, [{**b, "labels": b["labels"].float()} for b in batches])
+    gaps = (preds.logits[:, 1:, 0] - preds.logits[:, :-1, 0]).abs()
+    policy = ExitPolicy("patience", float(gaps.median()), 1)
+    policy.apply(model.config)
+    expected, _ = simulate_early_exit(preds, None, policy.criterion, policy.value, policy.regression_threshold)
+    with torch.no_grad():
+        layers = torch.cat([model(**{k: v for k, v in b.items() if k != "labels"}).exit_layer for b in batches])
+    assert torch.equal(layers, expected)
+    assert len(set(layers.tolist())) >= 2  # a policy under which examples leave at different layers
+
+
+def test_calibrate_policy_on_a_classifier_is_the_threshold_calibration():
+    preds = _constructed_predictions()
+    policy = calibrate_policy(preds, task="rte", max_metric_drop=0.0)
+    assert policy == ExitPolicy("entropy", calibrate_threshold(preds, task="rte", max_metric_drop=0.0), None)
+    patience = calibrate_policy(preds, task="rte", criterion="patience", min_speedup=1.2)
+    assert patience.threshold is None
+    assert patience.patience == calibrate_threshold(preds, task="rte", criterion="patience", min_speedup=1.2)
+
+
+def test_calibration_refuses_what_a_regression_model_cannot_do():
+    model = _random_model(num_labels=1)
+    batches = _batches(num_batches=1)
+    for batch in batches:
+        batch["labels"] = batch["labels"].float()
+    preds = collect_exit_logits(model, batches)
+    with pytest.raises(ValueError, match="regression_threshold must be given"):
+        calibrate_threshold(preds, task="stsb", criterion="patience", max_metric_drop=0.1)
+    with pytest.raises(ValueError, match="needs class probabilities"):
+        calibrate_policy(preds, task="stsb", criterion="entropy", max_metric_drop=0.1)
+    with pytest.raises(ValueError, match="regression_thresholds"):
+        calibrate_policy(_constructed_predictions(), task="rte", max_metric_drop=0.1, regression_thresholds=[0.1])
+    with pytest.raises(ValueError, match="regression_threshold applies"):
+        calibrate_threshold(_constructed_predictions(), task="rte", max_metric_drop=0.1, regression_threshold=0.1)
+    with pytest.raises(ValueError, match="num_labels=1"):
+        default_regression_thresholds(_constructed_predictions())
 
 
 def test_measure_latency_runs_the_real_early_exit():

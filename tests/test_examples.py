@@ -268,6 +268,68 @@ def _run_without_hf_costeff(code: str, tmp_path: Path) -> str:
     return done.stdout
 
 
+def test_run_costeff_glue_on_a_regression_task_saves_a_patience_policy(tmp_path, glue_dir, minilm_tokenizer, capsys):
+    """STS-B has no entropy: the main job calibrates PABEE's patience and its agreement threshold together, checks
+    them on dev and saves them, and the saved model exits where the run said."""
+    from conftest import save_tiny_bert
+
+    example = _load_example("run_costeff_glue")
+    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, max_position_embeddings=64, num_hidden_layers=4)
+    out = tmp_path / "run"
+    # The tiny BERT has a 2-label head: like run_glue, the job asks before replacing it with STS-B's single output.
+    with pytest.raises(ValueError, match="--ignore_mismatched_sizes"):
+        example.main(
+            [
+                "--model_name_or_path",
+                bert,
+                "--glue_dir",
+                str(glue_dir),
+                "--task_name",
+                "stsb",
+                "--output_dir",
+                str(tmp_path / "refused"),
+                "--max_train_samples",
+                "8",
+                "--use_cpu",
+            ]
+        )
+    results = example.main(
+        [
+            *("--model_name_or_path", bert, "--glue_dir", str(glue_dir), "--task_name", "stsb"),
+            "--ignore_mismatched_sizes",
+            *("--output_dir", str(out), "--max_train_samples", "64", "--max_eval_samples", "48"),
+            *("--max_seq_length", "48", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16"),
+            *("--teacher_epochs", "1", "--num_train_epochs", "1", "--exit_pooling", "mean"),
+            *("--target_heads", "2", "--target_ffn", "32", "--num_prune_events", "1"),
+            # Any policy is within a drop of 2 Pearson points: the fastest pair is saved and kept on dev.
+            *("--max_metric_drop", "2.0", "--calibration_batches", "1", "--calibration_samples", "24"),
+            *("--latency_samples", "16"),
+            *("--save_strategy", "no", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"),
+        ]
+    )
+    calibrated = results["calibrated_exit_policy"]
+    assert calibrated["criterion"] == "patience" and calibrated["threshold"] >= 0
+    assert calibrated["patience"] == 1  # the fastest pair under a drop that allows anything: leave at the 2nd exit
+    model = AutoModelForSequenceClassification.from_pretrained(out / "final").eval()
+    config = model.config
+    assert (
+        (config.exit_criterion, config.exit_threshold, config.exit_patience)
+        == (
+            results["deployed_exit_criterion"],
+            results["deployed_exit_threshold"],
+            results["deployed_exit_patience"],
+        )
+        == ("patience", calibrated["threshold"], 1)
+    )
+    assert results["deployed_avg_exit_layer"] < config.num_hidden_layers
+    assert results["deployed_pearson"] == pytest.approx(
+        results["student_full_pearson"] - results["deployed_metric_drop"]
+    )
+    table = capsys.readouterr().out
+    assert f"Exit policy: patience 1, consecutive exits within {calibrated['threshold']:.4g} calibrated on" in table
+    assert "promise kept" in table
+
+
 def test_tokenizer_is_never_built_from_a_config_alone(tmp_path, minilm_path):
     from transformers import BertConfig
 

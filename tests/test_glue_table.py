@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import glue_table  # noqa: E402
 
+from hf_costeff.configuration_costeff import ExitPolicy  # noqa: E402
 from hf_costeff.data import compute_glue_metrics  # noqa: E402
 from hf_costeff.evaluation import ExitPredictions  # noqa: E402
 
@@ -42,18 +43,18 @@ def test_halves_report_never_reports_on_its_calibration_rows(monkeypatch):
         config,
     )
     calibrated, applied = {}, []
-    real_calibrate, real_simulate = glue_table.calibrate_threshold, glue_table.simulate_early_exit
+    real_calibrate, real_simulate = glue_table.calibrate_policy, glue_table.simulate_early_exit
 
     def calibrate(p, **kwargs):
-        value = real_calibrate(p, **kwargs)
-        calibrated.setdefault(value, set()).update(p.lengths.tolist())
-        return value
+        policy = real_calibrate(p, **kwargs)
+        calibrated.setdefault(policy.value, set()).update(p.lengths.tolist())
+        return policy
 
-    def simulate(p, config, criterion, value):
+    def simulate(p, config, criterion, value, regression_threshold=None):
         applied.append((value, set(p.lengths.tolist())))
-        return real_simulate(p, config, criterion, value)
+        return real_simulate(p, config, criterion, value, regression_threshold)
 
-    monkeypatch.setattr(glue_table, "calibrate_threshold", calibrate)
+    monkeypatch.setattr(glue_table, "calibrate_policy", calibrate)
     monkeypatch.setattr(glue_table, "simulate_early_exit", simulate)
     halves = glue_table.dev_halves(n, seed=3)
     report = glue_table.halves_report(preds, config, "sst2", "entropy", halves, max_metric_drop=0.05)
@@ -61,7 +62,8 @@ def test_halves_report_never_reports_on_its_calibration_rows(monkeypatch):
     assert len(applied) == 2
     reported = set()
     for value, rows in applied:
-        assert rows.isdisjoint(calibrated[value]), "a threshold was applied to rows it was calibrated on"
+        if value is not None:  # None: a half that fell back to every layer, where no threshold applies
+            assert rows.isdisjoint(calibrated[value]), "a threshold was applied to rows it was calibrated on"
         reported |= rows
     assert reported == set(range(1, n + 1))  # every dev row reported exactly once (halves are disjoint)
     # The pooled score is the metric of the two applied halves' predictions together.
@@ -110,7 +112,7 @@ def test_halves_report_falls_back_to_all_layers_when_the_check_fails(monkeypatch
     # The first calibration (on half A) "finds" 0.69 (near ln 2): applied to half B, every row leaves at the wrong first
     # exit. The second (on half B) finds 0.0: nobody leaves early.
     values = iter([0.69, 0.0])
-    monkeypatch.setattr(glue_table, "calibrate_threshold", lambda p, **kwargs: next(values))
+    monkeypatch.setattr(glue_table, "calibrate_policy", lambda p, **kwargs: ExitPolicy("entropy", next(values), None))
     report = glue_table.halves_report(preds, config, "sst2", "entropy", halves, max_metric_drop=0.01)
     rejected, kept = report["parts"]
     assert rejected["reported_on"] == "B" and not rejected["kept"] and rejected["value"] is None
@@ -140,7 +142,7 @@ def test_halves_report_checks_the_pooled_metric(monkeypatch):
         if early[i] != last[i]:
             logits[row, 0, early[i]] = 20.0  # sure at the first exit, and it differs from all layers
     preds = ExitPredictions(logits, labels, torch.full((n,), 10), config)
-    monkeypatch.setattr(glue_table, "calibrate_threshold", lambda p, **kwargs: 0.3)
+    monkeypatch.setattr(glue_table, "calibrate_policy", lambda p, **kwargs: ExitPolicy("entropy", 0.3, None))
     allowed = 0.25
     report = glue_table.halves_report(preds, config, "cola", "entropy", halves, max_metric_drop=allowed)
 
@@ -155,6 +157,33 @@ def test_halves_report_checks_the_pooled_metric(monkeypatch):
     full = compute_glue_metrics("cola", np.array(last)[np.argsort(order)], labels.numpy())["matthews_correlation"]
     assert full - report["metric"] <= allowed + 1e-12  # the pooled promise holds
     assert "the pooled dev lost 40.15" in glue_table.policy_text("entropy", report)
+
+
+def test_halves_report_calibrates_patience_on_a_regression_task():
+    """STS-B has no entropy: each half gets a patience and an agreement threshold, chosen on the other half, and the
+    pooled report is what the model's own patience rule gives with them."""
+    config = tiny_config(num_labels=1, layer_num_heads=[4, 2, 2, 1], layer_intermediate_sizes=[48, 20, 7, 4])
+    n = 200
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.rand(n, generator=generator) * 5
+    # Each exit is the label plus noise that shrinks with depth: later exits agree with each other and are better.
+    noise = torch.tensor([1.2, 0.4, 0.15, 0.1])
+    logits = (labels[:, None] + noise * torch.randn(n, config.num_exits, generator=generator)).unsqueeze(-1)
+    preds = ExitPredictions(logits, labels, torch.full((n,), 12), config)
+    halves = glue_table.dev_halves(n, seed=0)
+    report = glue_table.halves_report(preds, config, "stsb", "patience", halves, max_metric_drop=0.01)
+
+    layers, predictions = torch.zeros(n, dtype=torch.long), torch.zeros(n)
+    for part, index in zip(report["parts"], (halves[1], halves[0]), strict=True):
+        assert part["calibrated_value"] in range(1, config.num_exits + 1) and part["regression_threshold"] >= 0
+        assert part["calibration_drop"] <= 0.01 + 1e-12
+        sub = glue_table.subset(preds, index)
+        rule = ("patience", part["calibrated_value"], part["regression_threshold"]) if part["kept"] else ("none", None)
+        layers[index], predictions[index] = glue_table.simulate_early_exit(sub, config, *rule)
+    expected = compute_glue_metrics("stsb", predictions.numpy(), labels.numpy())["pearson"]
+    assert report["metric"] == pytest.approx(expected, abs=1e-9)
+    assert report["avg_exit_layer"] < config.num_hidden_layers  # the noisy first exit is skipped, the rest exit early
+    assert "consecutive exits within" in glue_table.policy_text("patience", report)
 
 
 def test_budget_parsing_and_rank_fit():
@@ -240,6 +269,29 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     before = {m["name"]: m["score"] for m in first["tasks"]["sst2"]["models"]}
     after = {m["name"]: m["score"] for m in again["tasks"]["sst2"]["models"]}
     assert before == after and not again["tasks"]["sst2"]["pending"]
+
+
+def test_a_regression_task_reports_a_calibrated_patience_policy(tmp_path, glue_dir, minilm_tokenizer):
+    """STS-B's multi-exit models exit by PABEE's patience, both of its parameters chosen on the other dev half."""
+    data = tmp_path / "glue"
+    (data / "stsb").mkdir(parents=True)
+    for name, n in (("train.tsv", 48), ("dev.tsv", 40)):
+        lines = (glue_dir / "stsb" / name).read_text(encoding="utf-8").splitlines()
+        (data / "stsb" / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=3, num_labels=1)
+    report = glue_table.main(
+        [
+            "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--stages", "teacher,ta",
+            "--budgets", "small=2:16:p0.6", "--max_steps", "4", "--batch_size", "8", "--ablation_tasks", "",
+            "--cache_dir", str(tmp_path / "cache"), "--exit_pooling", "mean", "--max_metric_drop", "0.5",
+        ]
+    )  # fmt: skip
+    ta = next(m for m in report["tasks"]["stsb"]["models"] if m["name"] == "costeff_ta")
+    assert ta["criterion"] == "patience" and ta["allowed_drop"] == pytest.approx(50.0)
+    assert all("regression_threshold" in half for half in ta["halves"])
+    assert ta["policy"].count("patience = ") == 2 and "consecutive exits within" in ta["policy"]
+    assert ta["drop"] <= ta["allowed_drop"] + 1e-9
+    assert ta["sweep"] == sorted(ta["sweep"])  # the (patience, threshold) cloud's frontier: cheaper is worse
 
 
 def test_timed_checkpoints_save_after_the_period(monkeypatch):

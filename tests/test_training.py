@@ -236,6 +236,11 @@ def test_bad_arguments_raise(tmp_path):
         _trainer(tmp_path, model, teacher=_model(num_labels=2))
     with pytest.raises(ValueError, match="CostEff"):
         MultiExitTrainer(model=_tiny_bert(), args=_args(tmp_path))
+    # An evaluation policy the model cannot run is refused before training, not at the first evaluation.
+    with pytest.raises(ValueError, match="eval_exit_criterion.*needs class probabilities"):
+        _trainer(tmp_path, _model(num_labels=1), eval_exit_thresholds=[0.3])
+    with pytest.raises(ValueError, match="eval_exit_criterion.*exit_patience must be an integer in"):
+        _trainer(tmp_path, model, eval_exit_criterion="patience", eval_exit_thresholds=[99])
 
 
 # ---- evaluate ----

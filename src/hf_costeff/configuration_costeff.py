@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+from typing import NamedTuple
 
 from transformers import PretrainedConfig
 from transformers.utils import is_torch_available
@@ -91,9 +92,50 @@ def plain_number(name: str, value, integer: bool = False):
     return value
 
 
-def normalize_exit_policy(
-    criterion, threshold, patience, num_exits: int, num_labels: int
-) -> tuple[str, float | None, int | None]:
+class ExitPolicy(NamedTuple):
+    """An inference exit policy as the configuration stores it (``exit_criterion``, ``exit_threshold``,
+    ``exit_patience``), e.g. the result of a calibration; :meth:`apply` makes it a configuration's policy.
+
+    ``threshold`` is the entropy / max-probability threshold, or, for ``"patience"`` on a regression model, the
+    agreement threshold of two consecutive exits (``None`` when unused)."""
+
+    criterion: str
+    threshold: float | None
+    patience: int | None
+
+    @property
+    def value(self) -> float | int | None:
+        """What the criterion compares against: the patience for ``"patience"``, else the threshold (the
+        ``threshold_or_patience`` argument of the evaluation functions)."""
+        return self.patience if self.criterion == "patience" else self.threshold
+
+    @property
+    def regression_threshold(self) -> float | None:
+        """The agreement threshold of patience on a regression model, else ``None`` (their ``regression_threshold``)."""
+        return self.threshold if self.criterion == "patience" else None
+
+    def apply(self, config: CostEffConfig) -> None:
+        """Make this ``config``'s exit policy (validated against its exits and labels first). The threshold is set
+        even when ``None``, so no stale value outlives its criterion; ``exit_patience`` only when the policy has one,
+        so that a later call with ``exit_criterion="patience"`` still finds the configuration's patience."""
+        validate_exit_policy(*self, config.num_exits, config.num_labels)
+        config.exit_criterion, config.exit_threshold = self.criterion, self.threshold
+        if self.patience is not None:
+            config.exit_patience = self.patience
+
+    def __str__(self) -> str:
+        """The policy in words, as run summaries and model cards print it (``entropy < 0.4123``)."""
+        if self.criterion == "entropy":
+            return f"entropy < {self.threshold:.4f}"
+        if self.criterion == "confidence":
+            return f"confidence >= {self.threshold:.4f}"
+        if self.criterion == "patience":
+            agree = f", consecutive exits within {self.threshold:.4g}" if self.threshold is not None else ""
+            return f"patience {self.patience}{agree}"
+        return "every layer"
+
+
+def normalize_exit_policy(criterion, threshold, patience, num_exits: int, num_labels: int) -> ExitPolicy:
     """Validate an inference exit policy and return it as plain Python values ``(criterion, threshold, patience)``.
 
     numpy scalars and 0-d tensors are accepted for the threshold and the patience. Raises ``ValueError`` naming the
@@ -136,7 +178,7 @@ def normalize_exit_policy(
                 "exit_threshold must be a finite number >= 0 for patience on a regression model: two consecutive "
                 f"exits agree when their predictions differ by less than it; got {threshold!r}"
             )
-    return criterion, threshold, patience
+    return ExitPolicy(criterion, threshold, patience)
 
 
 def validate_exit_policy(criterion, threshold, patience, num_exits: int, num_labels: int) -> None:
@@ -146,7 +188,7 @@ def validate_exit_policy(criterion, threshold, patience, num_exits: int, num_lab
 
 def resolve_exit_policy(
     config: CostEffConfig, criterion: str | None, threshold: float | None, patience: int | None
-) -> tuple[str, float | None, int | None]:
+) -> ExitPolicy:
     """The configuration's exit policy with one call's overrides (``None`` keeps the configuration's value), as plain
     Python values. Shared by the PyTorch model and the ONNX Runtime one.
 
@@ -572,6 +614,7 @@ def sentence_transformers_pooling(name_or_path, **hub_kwargs) -> str | None:
 
 __all__ = [
     "CostEffConfig",
+    "ExitPolicy",
     "normalize_exit_policy",
     "plain_number",
     "resolve_exit_policy",

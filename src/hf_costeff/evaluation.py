@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .configuration_costeff import CostEffConfig, validate_exit_policy
+from .configuration_costeff import CostEffConfig, ExitPolicy, validate_exit_policy
 from .cost import forward_flops
 from .data import compute_glue_metrics, get_task
 from .modeling_costeff import ExitDecision, exit_score
@@ -370,6 +370,78 @@ def first_exit_warning(result: PolicyResult, share: float = 0.9) -> str | None:
     )
 
 
+def default_regression_thresholds(preds: ExitPredictions, num: int = 20) -> list[float]:
+    """Candidate agreement thresholds for patience on a regression model: 0 and quantiles of how far each exit's
+    prediction lies from the previous exit's (where the patience counter's decisions actually change)."""
+    if preds.logits.shape[-1] != 1:
+        raise ValueError("default_regression_thresholds needs a regression model's predictions (num_labels=1)")
+    if preds.num_exits < 2:
+        return [0.0]
+    gaps = (preds.logits[:, 1:, 0] - preds.logits[:, :-1, 0]).abs().flatten().double()
+    # Just above each quantile: the counter counts a gap when it is strictly below the threshold.
+    quantiles = torch.quantile(gaps, torch.linspace(0, 1, num, dtype=torch.float64)).tolist()
+    return sorted({0.0} | {round(q, 6) + 1e-6 for q in quantiles})
+
+
+def _check_target(max_metric_drop: float | None, min_speedup: float | None, margin: float) -> None:
+    if (max_metric_drop is None) == (min_speedup is None):
+        raise ValueError("give exactly one target: max_metric_drop or min_speedup")
+    if max_metric_drop is not None and not max_metric_drop >= 0:
+        raise ValueError(f"max_metric_drop must be >= 0, got {max_metric_drop}")
+    if not 0 <= margin or (max_metric_drop is not None and margin > max_metric_drop):
+        raise ValueError(f"margin must be in [0, max_metric_drop], got {margin}")
+    if margin and max_metric_drop is None:
+        raise ValueError("margin applies to max_metric_drop only")
+    if min_speedup is not None and not min_speedup >= 1:
+        raise ValueError(f"min_speedup must be >= 1 (a speed-up over running every layer), got {min_speedup}")
+
+
+def _exit_predictions(model_or_preds, dataloader, caller: str) -> ExitPredictions:
+    if isinstance(model_or_preds, ExitPredictions):
+        return model_or_preds
+    if dataloader is None:
+        raise ValueError(f"{caller} needs a dataloader when given a model")
+    return collect_exit_logits(model_or_preds, dataloader)
+
+
+def _best_policy(
+    preds: ExitPredictions,
+    config: CostEffConfig,
+    task: str,
+    criterion: str,
+    candidates: Sequence[tuple[float | int, float | None]],
+    max_metric_drop: float | None,
+    min_speedup: float | None,
+    margin: float,
+) -> PolicyResult:
+    """The best of ``candidates`` (``(threshold_or_patience, regression_threshold)`` pairs) for the target; see
+    :func:`calibrate_threshold`."""
+    table = _FlopsTable(config, preds.lengths)
+    rows = [_evaluate_policy(preds, config, task, criterion, value, table, reg) for value, reg in candidates]
+    full = _evaluate_policy(preds, config, task, "none", None, table, None)["metric"]
+    if max_metric_drop is not None:
+        # A tiny tolerance so that a drop equal to the target (up to float rounding) counts as meeting it.
+        allowed = max_metric_drop - margin
+        ok = [r for r in rows if full - r["metric"] <= allowed + 1e-12]
+        best = min(ok, key=lambda r: (r["avg_flops"], -r["metric"]), default=None)
+        margin_text = f" - margin {margin}" if margin else ""
+        target = f"a metric drop <= {max_metric_drop}{margin_text} (all layers: {full:.4f})"
+    else:
+        ok = [r for r in rows if r["flops_speedup"] >= min_speedup - 1e-12]
+        best = max(ok, key=lambda r: (r["metric"], -r["avg_flops"]), default=None)
+        target = f"a FLOPs speed-up >= {min_speedup}"
+    if best is None:
+        reached = max(rows, key=lambda r: r["flops_speedup"])
+        raise ValueError(
+            f"no {criterion} policy among {len(rows)} candidates reaches {target}; the fastest candidate gives a "
+            f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
+        )
+    warning = first_exit_warning(best)
+    if warning is not None:
+        logger.warning("calibrated policy: %s", warning)
+    return best
+
+
 def calibrate_threshold(
     model_or_preds: nn.Module | ExitPredictions,
     dataloader: Iterable[Mapping[str, torch.Tensor]] | None = None,
@@ -381,6 +453,7 @@ def calibrate_threshold(
     thresholds: Sequence[float | int] | None = None,
     config: CostEffConfig | None = None,
     margin: float = 0.0,
+    regression_threshold: float | None = None,
 ) -> float | int:
     """The exit threshold (patience for ``"patience"``) that meets a target on a validation set.
 
@@ -397,51 +470,77 @@ def calibrate_threshold(
     on the data you report (see the main job in examples/run_costeff_glue.py).
 
     ``model_or_preds``: a CostEff model (with ``dataloader``) or :class:`ExitPredictions`. ``thresholds``: candidates
-    (default :func:`default_thresholds`). Raises ``ValueError`` when no candidate meets the target. Logs a warning when
-    the result sends nearly every calibration row out at the first exit (:func:`first_exit_warning`).
+    (default :func:`default_thresholds`). ``regression_threshold``: for ``"patience"`` on a regression model, the
+    fixed agreement threshold of two consecutive exits (:func:`calibrate_policy` chooses it too). Raises
+    ``ValueError`` when no candidate meets the target. Logs a warning when the result sends nearly every calibration
+    row out at the first exit (:func:`first_exit_warning`).
     """
-    if (max_metric_drop is None) == (min_speedup is None):
-        raise ValueError("give exactly one target: max_metric_drop or min_speedup")
-    if max_metric_drop is not None and not max_metric_drop >= 0:
-        raise ValueError(f"max_metric_drop must be >= 0, got {max_metric_drop}")
-    if not 0 <= margin or (max_metric_drop is not None and margin > max_metric_drop):
-        raise ValueError(f"margin must be in [0, max_metric_drop], got {margin}")
-    if margin and max_metric_drop is None:
-        raise ValueError("margin applies to max_metric_drop only")
-    if min_speedup is not None and not min_speedup >= 1:
-        raise ValueError(f"min_speedup must be >= 1 (a speed-up over running every layer), got {min_speedup}")
-    if isinstance(model_or_preds, ExitPredictions):
-        preds = model_or_preds
-    else:
-        if dataloader is None:
-            raise ValueError("calibrate_threshold needs a dataloader when given a model")
-        preds = collect_exit_logits(model_or_preds, dataloader)
+    _check_target(max_metric_drop, min_speedup, margin)
+    preds = _exit_predictions(model_or_preds, dataloader, "calibrate_threshold")
     config = _config_of(preds, config)
-    candidates = list(thresholds) if thresholds is not None else default_thresholds(preds, criterion)
-    rows = sweep_thresholds(preds, config, task, criterion, candidates)
-    full = evaluate_policy(preds, config, task, "none", None)["metric"]
-    if max_metric_drop is not None:
-        # A tiny tolerance so that a drop equal to the target (up to float rounding) counts as meeting it.
-        allowed = max_metric_drop - margin
-        ok = [r for r in rows if full - r["metric"] <= allowed + 1e-12]
-        best = min(ok, key=lambda r: (r["avg_flops"], -r["metric"]), default=None)
-        margin_text = f" - margin {margin}" if margin else ""
-        target = f"a metric drop <= {max_metric_drop}{margin_text} (all layers: {full:.4f})"
-    else:
-        ok = [r for r in rows if r["flops_speedup"] >= min_speedup - 1e-12]
-        best = max(ok, key=lambda r: (r["metric"], -r["avg_flops"]), default=None)
-        target = f"a FLOPs speed-up >= {min_speedup}"
-    if best is None:
-        reached = max(rows, key=lambda r: r["flops_speedup"])
+    if criterion == "patience" and preds.logits.shape[-1] == 1 and regression_threshold is None:
         raise ValueError(
-            f"no {criterion} threshold among {len(rows)} candidates reaches {target}; the fastest candidate gives a "
-            f"speed-up of {reached['flops_speedup']:.2f}x at metric {reached['metric']:.4f}"
+            "regression_threshold must be given to calibrate patience on a regression model (two consecutive exits "
+            "agree when their predictions differ by less than it); calibrate_policy chooses it with the patience"
         )
-    value = best["patience"] if criterion == "patience" else best["threshold"]
-    warning = first_exit_warning(best)
-    if warning is not None:
-        logger.warning("calibrated threshold: %s", warning)
-    return value
+    if regression_threshold is not None and criterion != "patience":
+        raise ValueError(f"regression_threshold applies to criterion='patience' only, got criterion={criterion!r}")
+    candidates = list(thresholds) if thresholds is not None else default_thresholds(preds, criterion)
+    best = _best_policy(
+        preds,
+        config,
+        task,
+        criterion,
+        [(value, regression_threshold) for value in candidates],
+        max_metric_drop,
+        min_speedup,
+        margin,
+    )
+    return best["patience"] if criterion == "patience" else best["threshold"]
+
+
+def calibrate_policy(
+    model_or_preds: nn.Module | ExitPredictions,
+    dataloader: Iterable[Mapping[str, torch.Tensor]] | None = None,
+    *,
+    task: str,
+    criterion: str | None = None,
+    max_metric_drop: float | None = None,
+    min_speedup: float | None = None,
+    config: CostEffConfig | None = None,
+    margin: float = 0.0,
+    regression_thresholds: Sequence[float] | None = None,
+) -> ExitPolicy:
+    """The whole exit policy that meets a target on a validation set, ready for the configuration:
+    ``calibrate_policy(...).apply(model.config)``.
+
+    ``criterion`` defaults to ``"entropy"`` for a classifier and ``"patience"`` for a regression model (the only
+    rule a single output supports). Entropy, confidence and a classifier's patience have one parameter, chosen as
+    :func:`calibrate_threshold` chooses it. Patience on a regression model has two, the patience and the agreement
+    threshold of consecutive exits: every pair of a patience and one of ``regression_thresholds`` (default
+    :func:`default_regression_thresholds`) is a candidate, and the best pair for the target is returned (same targets,
+    ``margin`` and ``ValueError`` as :func:`calibrate_threshold`).
+    """
+    _check_target(max_metric_drop, min_speedup, margin)
+    preds = _exit_predictions(model_or_preds, dataloader, "calibrate_policy")
+    config = _config_of(preds, config)
+    regression = preds.logits.shape[-1] == 1
+    criterion = criterion if criterion is not None else ("patience" if regression else "entropy")
+    if regression_thresholds is not None and not (criterion == "patience" and regression):
+        raise ValueError("regression_thresholds applies to criterion='patience' on a regression model only")
+    if criterion == "patience" and regression:
+        thresholds = list(regression_thresholds) if regression_thresholds is not None else None
+        if thresholds is None:
+            thresholds = default_regression_thresholds(preds)
+        if not thresholds:
+            raise ValueError("regression_thresholds must hold at least one threshold")
+        candidates = [(p, t) for t in thresholds for p in default_thresholds(preds, "patience")]
+    else:
+        candidates = [(value, None) for value in default_thresholds(preds, criterion)]
+    best = _best_policy(preds, config, task, criterion, candidates, max_metric_drop, min_speedup, margin)
+    if criterion == "patience":
+        return ExitPolicy("patience", best["threshold"], best["patience"])
+    return ExitPolicy(criterion, best["threshold"], None)
 
 
 def _pad(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -517,9 +616,11 @@ def measure_latency(
 __all__ = [
     "ExitPredictions",
     "PolicyResult",
+    "calibrate_policy",
     "calibrate_threshold",
     "collect_exit_logits",
     "compute_metrics",
+    "default_regression_thresholds",
     "default_thresholds",
     "evaluate_exit_logits",
     "evaluate_policy",

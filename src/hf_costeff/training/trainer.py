@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import speed_metrics
 
 from ..checkpoints import last_complete_checkpoint
-from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS
+from ..configuration_costeff import COSTEFF_ARCHITECTURE_FIELDS, validate_exit_policy
 from ..evaluation import ExitPredictions, evaluate_exit_logits
 from ..modeling_costeff import CostEffForSequenceClassification
 from .distillation import (
@@ -150,6 +150,13 @@ class MultiExitTrainer(Trainer):
         self.eval_exit_criterion = eval_exit_criterion
         self.eval_exit_thresholds = [float(t) for t in eval_exit_thresholds]
         self.eval_exit_patience = eval_exit_patience
+        # Checked now, not at the first evaluation after hours of training (e.g. entropy on a regression model).
+        config = self.model.config
+        for name, policy in self._eval_policies().items():
+            try:
+                validate_exit_policy(*policy, config.num_exits, config.num_labels)
+            except ValueError as err:
+                raise ValueError(f"eval_exit_criterion / eval_exit_thresholds: policy {name}: {err}") from err
 
         self.teacher = None
         self.hidden_projections: nn.ModuleList | None = None
