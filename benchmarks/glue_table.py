@@ -138,6 +138,40 @@ def ablations(base: Budget) -> list[tuple[str, Budget, Recipe]]:
     return variants
 
 
+# What each ablation variant measures, as the full recipe's all-layers score minus the variant's: the worth of the part
+# it undoes (a variant that keeps a part the budget removes, e.g. the full embedding, scores above: that part's cost).
+ABLATION_PARTS = {
+    "abl_no_ta": "the teaching assistant (the variant distils from the teacher)",
+    "abl_one_shot": "iterative pruning (the variant prunes once, at the first step)",
+    "abl_width_only": "the embedding's factorization, i.e. what the SVD rank costs (the variant keeps the full embedding)",
+    "abl_rank_only": "width pruning, i.e. what cutting heads and FFN costs (the variant keeps every head and neuron)",
+    "abl_no_trim": "vocabulary trimming (the variant keeps the whole vocabulary, at a lower rank)",
+}
+
+
+def ablation_lines(t: dict, base_name: str) -> list[str]:
+    """Where the accuracy of the ablated budget goes: each variant against the full recipe, through all layers (the
+    exit policy's share is the full recipe's own drop)."""
+    base = next((m for m in t["models"] if m["name"] == base_name), None)
+    if base is None or not t["ablation"]:
+        return []
+    lines = [
+        "",
+        f"Where {base_name}'s accuracy goes (all layers: {base['score_all_layers']:.2f}; the exit policy then loses "
+        f"{base['drop']:.2f} more):",
+        "",
+        "| variant | all layers | params (M) | full recipe minus variant | measures |",
+        "|---|---|---|---|---|",
+    ]
+    for m in t["ablation"]:
+        delta = base["score_all_layers"] - m["score_all_layers"]
+        lines.append(
+            f"| {m['name']} | {m['score_all_layers']:.2f} | {m['params'] / 1e6:.2f} | {delta:+.2f} | "
+            f"{ABLATION_PARTS.get(m['name'], '')} |"
+        )
+    return lines
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf-costeff" / "glue_table"
 
@@ -1344,6 +1378,7 @@ def markdown(report: dict) -> str:
                     "",
                     *header[:2],
                     *[model_row(m) for m in t["ablation"]],
+                    *ablation_lines(t, f"costeff_{report['ablation_budget']}"),
                 ]
         if t["pending"]:
             lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]

@@ -186,6 +186,27 @@ def test_halves_report_calibrates_patience_on_a_regression_task():
     assert "consecutive exits within" in glue_table.policy_text("patience", report)
 
 
+def test_ablation_lines_say_what_each_variant_costs():
+    base = glue_table.Budget.parse("eighth=2:256:p0.125:trim")
+    names = [name for name, _, _ in glue_table.ablations(base)]
+    assert set(names) == set(glue_table.ABLATION_PARTS)  # every variant says what it measures
+    row = {"kind": "costeff", "params": 2_000_000, "drop": 0.4}
+    t = {
+        "models": [{**row, "name": "costeff_eighth", "score_all_layers": 86.5}],
+        "ablation": [
+            {**row, "name": "abl_no_ta", "score_all_layers": 85.0},
+            {**row, "name": "abl_rank_only", "score_all_layers": 89.25},
+        ],
+    }
+    lines = glue_table.ablation_lines(t, "costeff_eighth")
+    assert "the exit policy then loses 0.40 more" in lines[1]
+    no_ta = next(line for line in lines if line.startswith("| abl_no_ta"))
+    assert "| +1.50 |" in no_ta and "teaching assistant" in no_ta  # the TA is worth 1.5 points
+    rank_only = next(line for line in lines if line.startswith("| abl_rank_only"))
+    assert "| -2.75 |" in rank_only and "width pruning" in rank_only  # cutting the width costs 2.75
+    assert glue_table.ablation_lines({**t, "ablation": []}, "costeff_eighth") == []
+
+
 def test_budget_parsing_and_rank_fit():
     b = glue_table.Budget.parse("eighth=2:256:p0.125:trim")
     assert (b.heads, b.ffn, b.rank, b.params_fraction, b.trim) == (2, 256, None, 0.125, True)
