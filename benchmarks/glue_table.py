@@ -1136,7 +1136,9 @@ class TaskRun:
                     "drop": self.args.max_metric_drop,
                     "margin": self.args.calibration_margin,
                     "seed": self.args.seed,
-                    "v": 4,
+                    # 5: the calibration stops before the first threshold that breaks the drop (was: the cheapest
+                    # that passed, often a lucky one past a cliff).
+                    "v": 5,
                     # A regression task's models exit by calibrated patience since this field; before, every layer.
                     **({"regression_exit": "patience"} if spec.num_labels == 1 else {}),
                 }
@@ -1346,7 +1348,8 @@ def markdown(report: dict) -> str:
         f"Generated {report['date']} by `{report['command']}` from the stage cache; machine: {report['machine']}. "
         f"Scores on the task's GLUE dev set in GLUE units (0-100): each exiting model's threshold is calibrated on "
         f"one fixed half of dev (at most {100 * report['max_metric_drop']:g} point(s) below all layers, minus a "
-        f"{100 * report.get('calibration_margin', 0.0):g}-point margin for the half's sampling noise) and applied "
+        f"{100 * report.get('calibration_margin', 0.0):g}-point margin for the half's sampling noise; the fastest "
+        "threshold such that every more cautious one keeps within that too: `calibrate_policy`) and applied "
         "to the other half, both ways; a threshold that loses more than allowed on the half it is applied to is not "
         "deployed there (that half runs every layer, as the main job falls back to its all-layers policy; the policy "
         "column says where), and while the two halves together lose more than allowed (F1, Matthews and Pearson are "

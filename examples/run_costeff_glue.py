@@ -187,8 +187,9 @@ class CostEffArguments:
     max_metric_drop: float = field(
         default=0.01,
         metadata={
-            "help": "The saved model exits at the fastest entropy threshold losing at most this (main metric) against "
-            "running every layer: chosen on the calibration rows, then checked on dev."
+            "help": "The saved model exits at the fastest entropy threshold that, like every more cautious one, loses "
+            "at most this (main metric) against running every layer: chosen on the calibration rows, then checked on "
+            "dev."
         },
     )
     calibration_margin: float = field(
@@ -572,8 +573,9 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     """Choose the saved exit policy on the calibration rows, check its promise on dev, ship a safe policy.
 
     The policy (an entropy threshold for a classifier; for a regression task such as STS-B, which has no entropy,
-    PABEE's patience with its agreement threshold) is the fastest whose drop of the main metric against running every
-    layer is at most ``max_metric_drop - calibration_margin`` on the calibration rows. Its drop on dev is then
+    PABEE's patience with its agreement threshold) is the fastest that, like every more cautious one, loses at most
+    ``max_metric_drop - calibration_margin`` of the main metric against running every layer on the calibration rows
+    (``calibrate_policy``). Its drop on dev is then
     measured and recorded next to the allowed one; if it exceeds ``max_metric_drop`` (or no policy qualifies), the
     model is saved with ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A
     saved policy that sends nearly every dev row out at layer 1 is reported as a warning (``first_exit_warning``). The
@@ -733,7 +735,7 @@ def training_recipe(results: dict, metric: str) -> list[str]:
     ]
     calibrated = calibrated_policy(results)
     policy = (
-        f"exit policy: {calibrated}, the fastest policy losing at most "
+        f"exit policy: {calibrated}, the fastest policy that, like every more cautious one, loses at most "
         f"{results['max_metric_drop'] - results['calibration_margin']:g} {metric} on {results['calibration_rows']} "
         "held-out training rows"
         if calibrated is not None
