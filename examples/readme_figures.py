@@ -30,8 +30,7 @@ def _pct(value: float) -> str:
 
 
 def _policy(r: dict) -> str:
-    # The quoted run predates deployed_exit_patience: an entropy policy has no patience.
-    policy = ExitPolicy(r["deployed_exit_criterion"], r["deployed_exit_threshold"], r.get("deployed_exit_patience"))
+    policy = ExitPolicy(r["deployed_exit_criterion"], r["deployed_exit_threshold"], r["deployed_exit_patience"])
     return str(policy) if policy.criterion != "none" else "every layer (the calibrated policy failed its dev check)"
 
 
