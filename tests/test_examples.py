@@ -322,6 +322,8 @@ def test_run_costeff_glue_on_a_regression_task_saves_a_patience_policy(tmp_path,
         == ("patience", calibrated["threshold"], 1)
     )
     assert results["deployed_avg_exit_layer"] < config.num_hidden_layers
+    card = (out / "final" / "README.md").read_text()
+    assert f"policy is patience 1, consecutive exits within {calibrated['threshold']:.4g} (" in card
     assert results["deployed_pearson"] == pytest.approx(
         results["student_full_pearson"] - results["deployed_metric_drop"]
     )

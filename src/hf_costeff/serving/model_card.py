@@ -14,7 +14,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..configuration_costeff import CostEffConfig
+from ..configuration_costeff import CostEffConfig, ExitPolicy
 from ..cost import count_parameters, forward_flops
 
 TEMPLATE_NAME = "model_card.md"
@@ -157,8 +157,10 @@ def build_model_card(
         repo_id=repo_id or model_name,
         task_description=f"{dataset_name} text classification",
         exit_layers=", ".join(map(str, config.exit_layers)),
+        exit_policy=str(ExitPolicy(config.exit_criterion, config.exit_threshold, config.exit_patience)),
         exit_criterion=config.exit_criterion,
         exit_threshold=config.exit_threshold,
+        exit_patience=config.exit_patience,
         teacher_label="teacher" if teacher else "teacher (not given)",
         params_total=_fmt(params["total"]),
         params_encoder=_fmt(params["encoder"]),
