@@ -576,10 +576,11 @@ def calibrate_exit_policy(trainer, data, cargs, results: dict) -> None:
     PABEE's patience with its agreement threshold) is the fastest that, like every more cautious one, loses at most
     ``max_metric_drop - calibration_margin`` of the main metric against running every layer on the calibration rows
     (``calibrate_policy``). Its drop on dev is then measured and recorded next to the allowed one; if it exceeds
-    ``max_metric_drop`` (or no policy qualifies), the model is saved with ``exit_criterion="none"`` (every layer, as accurate as the model gets) and the run says so. A
-    saved policy that sends nearly every dev row out at layer 1 is reported as a warning (``first_exit_warning``). The
-    exit logits come from the trainer's gathered evaluation loop (with its progress bar): under torchrun every process
-    sees every calibration and dev row, so all processes pick the same policy.
+    ``max_metric_drop`` (or no policy qualifies), the model is saved with ``exit_criterion="none"`` (every layer, as
+    accurate as the model gets) and the run says so. A saved policy that sends nearly every dev row out at layer 1 is
+    reported as a warning (``first_exit_warning``). The exit logits come from the trainer's gathered evaluation loop
+    (with its progress bar): under torchrun every process sees every calibration and dev row, so all processes pick
+    the same policy.
     """
     model, task = trainer.model, cargs.task_name
     metric = get_task(task).main_metric
