@@ -444,7 +444,7 @@ def _best_policy(
         # Not simply the cheapest candidate within the drop: among ~60 noisy candidates, the cheapest that passes is
         # often a lucky one past a cliff, which then fails on the data it is applied to (the GLUE table's dev halves:
         # 13 of 34 fell back with that rule, 4 with this one). Along each path, stop before the first miss.
-        picks = [row for row in map(lambda path: _last_before_the_first_miss(path, within), path_rows) if row]
+        picks = [row for path in path_rows if (row := _last_before_the_first_miss(path, within)) is not None]
         best = min(picks, key=lambda r: (r["avg_flops"], -r["metric"]), default=None)
         margin_text = f" - margin {margin}" if margin else ""
         target = f"a metric drop <= {max_metric_drop}{margin_text} (all layers: {full:.4f})"
@@ -555,18 +555,17 @@ def calibrate_policy(
     if regression_thresholds is not None and not (criterion == "patience" and regression):
         raise ValueError("regression_thresholds applies to criterion='patience' on a regression model only")
     if criterion == "patience" and regression:
-        thresholds = list(regression_thresholds) if regression_thresholds is not None else None
-        if thresholds is None:
-            thresholds = default_regression_thresholds(preds)
+        thresholds = (
+            list(regression_thresholds) if regression_thresholds is not None else default_regression_thresholds(preds)
+        )
         if not thresholds:
             raise ValueError("regression_thresholds must hold at least one threshold")
         paths = [[(p, t) for p in default_thresholds(preds, "patience")] for t in thresholds]
     else:
         paths = [[(value, None) for value in default_thresholds(preds, criterion)]]
     best = _best_policy(preds, config, task, criterion, paths, max_metric_drop, min_speedup, margin)
-    if criterion == "patience":
-        return ExitPolicy("patience", best["threshold"], best["patience"])
-    return ExitPolicy(criterion, best["threshold"], None)
+    # A PolicyResult's threshold/patience are already the configuration's fields (None where the rule has none).
+    return ExitPolicy(criterion, best["threshold"], best["patience"])
 
 
 def _pad(features: Sequence[Mapping], pad_token_id: int) -> dict[str, torch.Tensor]:
