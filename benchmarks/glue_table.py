@@ -7,11 +7,11 @@ evaluates):
   ta              COST-EFF's teaching assistant: the teacher converted to a multi-exit model (tanh exit after every
                   layer, gradient equilibrium) and distilled from it (1/2 CE + 1/2 prediction KD at every exit +
                   hidden-state KD);
-  students        per budget (--budgets): a copy of the TA (its vocabulary trimmed to the task's training texts when
-                  the budget says so) pruned iteratively while distilled from the TA (one head per layer per event,
-                  FFN interpolated, importance over every exit, word embedding factorized by SVD at the last event to
-                  the rank that fits the parameter budget), then recovery distillation from the TA: hidden states
-                  only, then per-exit predictions + hidden states;
+  students        per budget (--budgets; --budget_tasks can keep one to some tasks): a copy of the TA (its
+                  vocabulary trimmed to the task's training texts when the budget says so) pruned iteratively while
+                  distilled from the TA (one head per layer per event, FFN interpolated, importance over every exit,
+                  word embedding factorized by SVD at the last event to the rank that fits the parameter budget), then
+                  recovery distillation from the TA: hidden states only, then per-exit predictions + hidden states;
   baselines       (SST-2 only, --baseline_tasks) DeeBERT, PABEE and static slenderization at the students' widths,
                   built by benchmarks/pareto.py's recipes.
 Then every finished stage is evaluated (cached too) and, with --write, docs/results/glue_table.json, a Pareto PNG per
@@ -249,6 +249,23 @@ class Budget:
         return cls(name, heads, ffn, rank, fraction, "trim" in flags, scale)
 
 
+def _budget_tasks(text: str | None, names: list[str]) -> dict[str, list[str]]:
+    """``"eighth_x2=sst2,wide=sst2+rte"`` -> the tasks of each budget; a budget not named runs on every task."""
+    out = {name: list(TASKS) for name in names}
+    for part in (text or "").split(","):
+        if not part:
+            continue
+        name, _, tasks = part.partition("=")
+        if name not in out:
+            raise ValueError(f"--budget_tasks: {name!r} is not one of --budgets' names {names}")
+        chosen = [t for t in tasks.split("+") if t]
+        unknown = [t for t in chosen if t not in TASKS]
+        if unknown or not chosen:
+            raise ValueError(f"--budget_tasks: {part!r} needs name=task+task with tasks from {TASKS}")
+        out[name] = chosen
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {TASKS}")
@@ -261,6 +278,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
     p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"), help="page whose table --write updates")
     p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="name=heads:ffn:r<rank>|p<params fraction>[:trim],...")
+    p.add_argument(
+        "--budget_tasks",
+        default=None,
+        help="name=task+task,...: the tasks a budget is built for (default: every budget on every task)",
+    )
     p.add_argument("--baseline_tasks", default="sst2", help="tasks that also get DeeBERT, PABEE and static")
     p.add_argument("--ablation_tasks", default="sst2", help="tasks that also get the ablation of one budget")
     p.add_argument("--ablation_budget", default="eighth", help="the budget (a --budgets name) the ablation varies")
@@ -320,8 +342,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(error))
     if not args.budgets:
         p.error("--budgets: give at least one budget")
+    try:
+        args.budget_tasks = _budget_tasks(args.budget_tasks, [b.name for b in args.budgets])
+    except ValueError as error:
+        p.error(str(error))
     if args.ablation_tasks and args.ablation_budget not in {b.name for b in args.budgets}:
         p.error(f"--ablation_budget: {args.ablation_budget!r} is not one of --budgets' names")
+    for task in args.ablation_tasks:
+        if task not in args.budget_tasks[args.ablation_budget]:
+            p.error(f"--budget_tasks: the ablation budget {args.ablation_budget!r} must include ablation task {task!r}")
     return args
 
 
@@ -797,6 +826,7 @@ class TaskRun:
         self.models: dict[str, dict] = {}  # name -> {"key", "kind", "criterion", "tokenizer_key", ...}
         self.pending: dict[str, str] = {}
         self.halves = dev_halves(len(self.data.raw["validation"]), args.seed)
+        self.budgets = [b for b in args.budgets if task in args.budget_tasks[b.name]]
         log.info(
             "[%s] train %d, dev %d; cache %s",
             task,
@@ -881,7 +911,7 @@ class TaskRun:
         )
         self.models["costeff_ta"] = {"key": ta_key, "kind": "costeff", "criterion": "entropy"}
 
-        for budget in args.budgets:
+        for budget in self.budgets:
             self.student(f"costeff_{budget.name}", budget, Recipe(), "students", teacher_key, ta_key)
         if task in args.ablation_tasks:
             base = next(b for b in args.budgets if b.name == args.ablation_budget)
@@ -1081,7 +1111,7 @@ class TaskRun:
         )
         # Static slenderization at each student's widths and parameter count, with as many distillation epochs.
         static_epochs = 2 * epochs + args.recover_hidden_epochs[self.task]
-        for budget in args.budgets:
+        for budget in self.budgets:
             if budget.trim and not trim_available():
                 self.pending[f"static_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
                 continue
@@ -1528,6 +1558,7 @@ def main(argv=None) -> dict:
         "calibration_margin": args.calibration_margin,
         "halves": "dev split by a permutation seeded with --seed into two fixed halves A and B",
         "budgets": [asdict(b) for b in args.budgets],
+        "budget_tasks": args.budget_tasks,
         "ablation_budget": args.ablation_budget,
         "tasks": {},
     }

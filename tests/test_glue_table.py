@@ -228,6 +228,15 @@ def test_budget_parsing_and_rank_fit():
     for bad in bad_budgets + ("x=2:256:r4:x", "x=2:256:r4:x2:x3"):
         with pytest.raises(ValueError, match="--budgets"):
             glue_table.Budget.parse(bad)
+    names = ["eighth", "eighth_x2"]
+    assert glue_table._budget_tasks(None, names) == {n: list(glue_table.TASKS) for n in names}
+    assert glue_table._budget_tasks("eighth_x2=sst2+rte", names)["eighth_x2"] == ["sst2", "rte"]
+    for bad in ("nope=sst2", "eighth_x2=qqp", "eighth_x2="):
+        with pytest.raises(ValueError, match="--budget_tasks"):
+            glue_table._budget_tasks(bad, names)
+    # The ablation varies its budget on the ablation tasks, so that budget must run there.
+    with pytest.raises(SystemExit):
+        glue_table.parse_args(["--budgets", "eighth=2:256:p0.125", "--budget_tasks", "eighth=rte"])
     from hf_costeff.cost import count_parameters
 
     config = tiny_config(num_labels=2, layer_num_heads=[4] * 4, layer_intermediate_sizes=[48] * 4)
@@ -367,7 +376,8 @@ def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir,
     glue_table.main(
         [
             "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2", "--no_train", "--write",
-            "--budgets", "small=2:16:p0.6", "--ablation_budget", "small", "--cache_dir", str(tmp_path / "cache"),
+            "--budgets", "small=2:16:p0.6,other=2:8:p0.5", "--budget_tasks", "other=rte",
+            "--ablation_budget", "small", "--cache_dir", str(tmp_path / "cache"),
             "--output_dir", str(out), "--results_md", str(tmp_path / "results.md"),
         ]
     )  # fmt: skip
@@ -379,6 +389,9 @@ def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir,
     )
     assert "prune_small" not in task["pending"]  # one line per model, naming the stage it waits for
     assert task["pending"]["costeff_small"].startswith("prune_small")
+    # A budget scoped to another task is neither built nor listed as pending here (nor is its static baseline).
+    assert not any(name.endswith("_other") for name in task["pending"])
+    assert report["budget_tasks"]["other"] == ["rte"] and "sst2" in report["budget_tasks"]["small"]
     assert "PARTIAL" in (tmp_path / "results.md").read_text()
 
 
