@@ -204,7 +204,9 @@ class Budget:
     the largest that keeps the total ``p.numel()`` at most ``params_fraction`` of the teacher's; ``trim``: first cut
     the vocabulary to the task's training texts (``hf_costeff.slenderize.trim_vocabulary``); ``epochs_scale``: the
     student's stages (and its static baseline's) train that many times the task's epochs. The paper's schedule grows
-    as the budget shrinks (keep 2 heads: SST-2 5 + 10 + 6 epochs, against 3 + 8 + 3 keeping 6)."""
+    as the budget shrinks (keep 2 heads: SST-2 5 + 10 + 6 epochs, against 3 + 8 + 3 keeping 6). ``deep_exits``: the
+    exits' prediction losses are weighted by depth (exit ``k`` of ``n`` by ``n k / sum(1..n)``, as PABEE weights them)
+    instead of the paper's plain sum, so a small student's early exits take less of its last layers' capacity."""
 
     name: str
     heads: int
@@ -213,25 +215,33 @@ class Budget:
     params_fraction: float | None = None
     trim: bool = False
     epochs_scale: float = 1.0
+    deep_exits: bool = False
 
     def settings(self) -> dict:
-        """The budget as a stage key's settings. ``epochs_scale`` joined later; left out at its default, so stages
-        built before it keep their keys (and their cache)."""
+        """The budget as a stage key's settings. ``epochs_scale`` and ``deep_exits`` joined later; left out at their
+        defaults, so stages built before them keep their keys (and their cache)."""
         out = asdict(self)
         if self.epochs_scale == 1.0:
             del out["epochs_scale"]
+        if not self.deep_exits:
+            del out["deep_exits"]
         return out
+
+    def static_twin(self) -> tuple:
+        """What its static baseline is built from: two budgets that differ only in name or exit weights share one."""
+        return (self.heads, self.ffn, self.rank, self.params_fraction, self.trim, self.epochs_scale)
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """``name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>]``, e.g. ``eighth=2:256:p0.125:trim:x2``."""
+        """``name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep]``, e.g.
+        ``eighth=2:256:p0.125:trim:x2``."""
         try:
             name, spec = text.split("=", 1)
             parts = spec.split(":")
             heads, ffn, emb = int(parts[0]), int(parts[1]), parts[2]
             flags = parts[3:]
             scales = [float(flag[1:]) for flag in flags if flag.startswith("x")]
-            if any(flag != "trim" and not flag.startswith("x") for flag in flags) or emb[0] not in "rp":
+            if any(flag not in ("trim", "deep") and not flag.startswith("x") for flag in flags) or emb[0] not in "rp":
                 raise ValueError
             if len(scales) > 1:
                 raise ValueError
@@ -239,14 +249,15 @@ class Budget:
             fraction = float(emb[1:]) if emb[0] == "p" else None
         except (ValueError, IndexError):
             raise ValueError(
-                f"--budgets: bad budget {text!r}; expected name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>]"
+                f"--budgets: bad budget {text!r}; expected "
+                "name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep]"
             ) from None
         scale = scales[0] if scales else 1.0
         if heads < 1 or ffn < 1 or (rank is not None and rank < 1) or (fraction is not None and not 0 < fraction <= 1):
             raise ValueError(f"--budgets: {text!r} needs heads, ffn, rank >= 1 and a fraction in (0, 1]")
         if not scale > 0:
             raise ValueError(f"--budgets: {text!r} needs an epochs scale x<factor> above 0")
-        return cls(name, heads, ffn, rank, fraction, "trim" in flags, scale)
+        return cls(name, heads, ffn, rank, fraction, "trim" in flags, scale, "deep" in flags)
 
 
 def _budget_tasks(text: str | None, names: list[str]) -> dict[str, list[str]]:
@@ -277,7 +288,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache_dir", default=str(default_cache_dir()), help="stage cache (outside the work tree)")
     p.add_argument("--output_dir", default=str(REPO / "docs" / "results"))
     p.add_argument("--results_md", default=str(REPO / "docs" / "results.md"), help="page whose table --write updates")
-    p.add_argument("--budgets", default=DEFAULT_BUDGETS, help="name=heads:ffn:r<rank>|p<params fraction>[:trim],...")
+    p.add_argument(
+        "--budgets",
+        default=DEFAULT_BUDGETS,
+        help="name=heads:ffn:r<rank>|p<params fraction>[:trim][:x<epochs scale>][:deep],...",
+    )
     p.add_argument(
         "--budget_tasks",
         default=None,
@@ -638,6 +653,13 @@ def fit_rank(config, budget: Budget, teacher_params: int) -> tuple[int | None, i
         f"budget {budget.name}: {budget.heads} heads / {budget.ffn} FFN neurons per layer exceed "
         f"{cap} parameters even at embedding rank 1"
     )
+
+
+def depth_weights(num_exits: int) -> list[float]:
+    """Exit ``k`` of ``n`` weighted ``n k / sum(1..n)``: deeper exits count more, and the weights still sum to ``n``
+    (the plain sum's scale against the hidden-state term is kept)."""
+    total = num_exits * (num_exits + 1) / 2
+    return [num_exits * k / total for k in range(1, num_exits + 1)]
 
 
 def num_params(model) -> int:
@@ -1008,6 +1030,8 @@ class TaskRun:
                 model, tokenizer = trim_to_task(model, self.data)
                 kd, _ = trim_to_task(kd, self.data)  # the same renumbering: the KD source reads the student's ids
                 meta["vocab_size"] = model.config.vocab_size
+            if budget.deep_exits:  # saved in the configuration: the recovery stages train with the same weights
+                model.config.exit_loss_weights = depth_weights(model.config.num_exits)
             rank, cap = fit_rank(model.config, budget, self.teacher_params(teacher_key))
             rank = rank if recipe.factorize else None
             heads, ffn = (budget.heads, budget.ffn) if recipe.prune_width else (None, None)
@@ -1037,6 +1061,7 @@ class TaskRun:
                 f"importance over every exit vs its soft labels ({self.args.importance_batches} batches); "
                 + (f"{heads} heads / {ffn} FFN per layer" if recipe.prune_width else "no width pruning")
                 + (f", SVD rank {rank} at the last event" if rank else ", no embedding factorization")
+                + ("; exit losses weighted by depth" if budget.deep_exits else "")
             )
         else:
             model = self.load(parent)
@@ -1111,7 +1136,11 @@ class TaskRun:
         )
         # Static slenderization at each student's widths and parameter count, with as many distillation epochs.
         static_epochs = 2 * epochs + args.recover_hidden_epochs[self.task]
+        twins: set[tuple] = set()
         for budget in self.budgets:
+            if budget.static_twin() in twins:  # an earlier budget's static baseline is this one's too
+                continue
+            twins.add(budget.static_twin())
             if budget.trim and not trim_available():
                 self.pending[f"static_{budget.name}"] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
                 continue

@@ -221,6 +221,13 @@ def test_budget_parsing_and_rank_fit():
         "params_fraction": 0.125,
         "trim": True,
     }
+    deep = glue_table.Budget.parse("e=2:128:p0.125:trim:deep")
+    assert deep.deep_exits and deep.settings()["deep_exits"] and not b.deep_exits
+    assert deep.static_twin() == glue_table.Budget.parse("f=2:128:p0.125:trim").static_twin() != b.static_twin()
+    weights = glue_table.depth_weights(6)
+    assert (
+        sum(weights) == pytest.approx(6) and weights == sorted(weights) and weights[5] == pytest.approx(6 * weights[0])
+    )
     long = glue_table.Budget.parse("eighth=2:256:p0.125:trim:x2")
     assert long.epochs_scale == 2.0 and long.trim and long.settings()["epochs_scale"] == 2.0
     assert glue_table.Budget.parse("e=2:256:r8:x1.5").epochs_scale == 1.5
@@ -268,7 +275,8 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     _write_tiny_glue(glue_dir, data)
     argv = [
         "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2",
-        "--budgets", "small=2:16:p0.6", "--max_steps", "4", "--batch_size", "8", "--save_steps", "2",
+        "--budgets", "small=2:16:p0.6,small_deep=2:16:p0.6:deep", "--max_steps", "4", "--batch_size", "8",
+        "--save_steps", "2",
         "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
         "--results_md", str(tmp_path / "results.md"), "--write", "--exit_pooling", "mean", "--ablation_tasks", "",
     ]  # fmt: skip
@@ -279,7 +287,12 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     assert set(task["teacher"]) >= {"score", "params", "avg_flops"}
     assert isinstance(task["teacher"]["params"], int) and 0 <= task["teacher"]["score"] <= 100
     names = {m["name"] for m in task["models"]}
-    assert names == {"costeff_ta", "costeff_small", "deebert", "pabee", "static_small"}
+    # small_deep differs from small only in its exit weights: one static baseline serves both.
+    assert names == {"costeff_ta", "costeff_small", "costeff_small_deep", "deebert", "pabee", "static_small"}
+    deep_config = json.loads(next((tmp_path / "cache").glob("sst2_*/costeff_small_deep-*/config.json")).read_text())
+    plain_config = json.loads(next((tmp_path / "cache").glob("sst2_*/costeff_small-*/config.json")).read_text())
+    assert deep_config["exit_loss_weights"] == pytest.approx([2 / 3, 4 / 3])  # saved at pruning, kept through recovery
+    assert plain_config["exit_loss_weights"] is None
     for m in task["models"]:
         assert m["kind"] in glue_table.KINDS
         assert isinstance(m["name"], str) and isinstance(m["policy"], str) and isinstance(m["params"], int)
