@@ -228,8 +228,9 @@ class Budget:
         return out
 
     def static_twin(self) -> tuple:
-        """What its static baseline is built from: two budgets that differ only in name or exit weights share one."""
-        return (self.heads, self.ffn, self.rank, self.params_fraction, self.trim, self.epochs_scale)
+        """What its static baseline is built from: two budgets that differ only in name or exit weights share one.
+        Derived from the fields, so a field added later counts unless it is named here."""
+        return tuple(value for field, value in asdict(self).items() if field not in ("name", "deep_exits"))
 
     @classmethod
     def parse(cls, text: str) -> Budget:
