@@ -83,6 +83,8 @@ from hf_costeff.evaluation import (
     default_regression_thresholds,
     default_thresholds,
     logits_to_predictions,
+    per_exit_flops,
+    per_exit_metrics,
     simulate_early_exit,
     sweep_thresholds,
 )
@@ -808,10 +810,7 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
             sweep = sweep_thresholds(preds, config, task, criterion, default_thresholds(preds, criterion, num=40))
     points = [(r["avg_flops"], 100 * r["metric"]) for r in sweep]
     main = get_task(task).main_metric
-    per_exit = [
-        compute_glue_metrics(task, logits_to_predictions(preds.logits[:, k].numpy()), preds.labels.numpy())[main]
-        for k in range(preds.num_exits)
-    ]
+    per_exit = [row[main] for row in per_exit_metrics(preds, task, config)]
     return {
         "kind": kind,
         "criterion": criterion,
@@ -827,6 +826,7 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
         "metrics": {k: 100 * v for k, v in reported["metrics"].items()},
         "halves": report["parts"] if report else None,
         "per_exit_score": [100 * v for v in per_exit],
+        "per_exit_flops": per_exit_flops(preds, config),
         "sweep": pareto.frontier(points) if regression else points,
     }
 
@@ -1198,7 +1198,8 @@ class TaskRun:
                     "seed": self.args.seed,
                     # 5: the calibration stops before the first threshold that breaks the drop (was: the cheapest
                     # that passed, often a lucky one past a cliff).
-                    "v": 5,
+                    # 6: every exit's FLOPs ("per_exit_flops") is recorded next to its score.
+                    "v": 6,
                     # A regression task's models exit by calibrated patience since this field; before, every layer.
                     **({"regression_exit": "patience"} if spec.num_labels == 1 else {}),
                 }
@@ -1232,7 +1233,9 @@ class TaskRun:
             if cached.get("halves"):  # rendered now, not cached: the wording may change without re-evaluating
                 entry["policy"] = policy_text(cached["criterion"], {"parts": cached["halves"]})
             if info["kind"] == "teacher":
-                out["teacher"] = {k: entry[k] for k in ("score", "params", "avg_flops", "metrics", "per_exit_score")}
+                out["teacher"] = {
+                    k: entry[k] for k in ("score", "params", "avg_flops", "metrics", "per_exit_score", "per_exit_flops")
+                }
             else:
                 out["ablation" if info.get("group") == "ablation" else "models"].append(entry)
         if out["teacher"] is not None:
@@ -1401,6 +1404,30 @@ def model_row(m: dict) -> str:
     )
 
 
+def exit_lines(t: dict) -> list[str]:
+    """Each multi-exit model's exits one by one: the score and the FLOPs saving when every dev example leaves at
+    that exit. It says where along the depth a model is good enough, and what a policy could save there."""
+    rows = [m for m in t["models"] + t["ablation"] if len(m.get("per_exit_flops") or []) > 1]
+    if not rows:
+        return []
+    n = max(len(m["per_exit_flops"]) for m in rows)
+    teacher_flops = t["teacher"]["avg_flops"]
+    lines = [
+        "",
+        "Each exit alone (every dev example leaves at exit k; score, and FLOPs ÷ against the teacher):",
+        "",
+        "| model | " + " | ".join(f"exit {k}" for k in range(1, n + 1)) + " |",
+        "|---|" + "---|" * n,
+    ]
+    for m in rows:
+        cells = [
+            f"{score:.2f} ({teacher_flops / flops:.1f}×)"
+            for score, flops in zip(m["per_exit_score"], m["per_exit_flops"], strict=True)
+        ]
+        lines.append(f"| {m['name']} | " + " | ".join(cells + [""] * (n - len(cells))) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [
         "## GLUE table against fully trained teachers"
@@ -1444,6 +1471,7 @@ def markdown(report: dict) -> str:
                     *[model_row(m) for m in t["ablation"]],
                     *ablation_lines(t, f"costeff_{report['ablation_budget']}"),
                 ]
+            lines += exit_lines(t)
         if t["pending"]:
             lines += ["", "Pending: " + "; ".join(f"{k} ({v})" for k, v in t["pending"].items()) + "."]
         rows = {r["key"]: r for stage_rows in t["stages"].values() for r in stage_rows}

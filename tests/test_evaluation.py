@@ -22,6 +22,7 @@ from hf_costeff.evaluation import (
     evaluate_policy,
     first_exit_warning,
     measure_latency,
+    per_exit_flops,
     per_exit_metrics,
     simulate_early_exit,
     sweep_thresholds,
@@ -354,6 +355,18 @@ def test_evaluate_exit_logits_from_gathered_arrays_matches_the_sweep():
     for r in per_exit:
         assert flat[f"exit{r['exit_layer']}_accuracy"] == r["accuracy"]
     assert flat["mean_exit_accuracy"] == pytest.approx(sum(r["accuracy"] for r in per_exit) / 4)
+
+
+def test_per_exit_flops_are_the_cost_model_at_each_exit_and_each_length():
+    """Exit k's figure is ``cost.average_flops`` with every example leaving at exit k's layer, at its own length."""
+    model = _random_model(layer_num_heads=[4, 2, 4, 1], layer_intermediate_sizes=[48, 16, 32, 8])
+    preds = collect_exit_logits(model, _batches())
+    assert len(set(preds.lengths.tolist())) > 1  # lengths differ, so a padded-length shortcut would be caught
+    flops = per_exit_flops(preds)
+    n = len(preds.lengths)
+    expected = [average_flops(model.config, [layer] * n, preds.lengths.tolist()) for layer in model.config.exit_layers]
+    assert flops == pytest.approx(expected, rel=1e-12)
+    assert flops == sorted(flops) and len(set(flops)) == len(flops)  # every layer adds work
 
 
 def test_encoder_exit_hook_drops_rows_like_running_them_alone():

@@ -301,8 +301,17 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     small = next(m for m in task["models"] if m["name"] == "costeff_small")
     assert small["params"] <= 0.6 * task["teacher"]["params"]  # the budget is on p.numel(), embeddings included
     assert small["heads"] == [2, 2] and small["ffn"] == [16, 16]
+    # Each exit alone: its score and cost; the last exit is the all-layers run, the first is cheaper.
+    assert len(small["per_exit_flops"]) == len(small["per_exit_score"]) == 2
+    assert small["per_exit_flops"][-1] == pytest.approx(small["avg_flops_all_layers"])
+    assert small["per_exit_score"][-1] == pytest.approx(small["score_all_layers"])
+    assert small["per_exit_flops"][0] < small["per_exit_flops"][1]
+    assert task["teacher"]["per_exit_flops"] == pytest.approx([task["teacher"]["avg_flops"]])
     assert (tmp_path / "out" / "glue_table_sst2.png").stat().st_size > 0
-    assert "glue_table:begin" in (tmp_path / "results.md").read_text()
+    results_md = (tmp_path / "results.md").read_text()
+    assert "glue_table:begin" in results_md
+    teacher_flops, exit1 = task["teacher"]["avg_flops"], small["per_exit_flops"][0]
+    assert f"| costeff_small | {small['per_exit_score'][0]:.2f} ({teacher_flops / exit1:.1f}×) |" in results_md
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached rerun trained")

@@ -200,6 +200,10 @@ def test_cli_convert_and_evaluate(tmp_path, minilm_tokenizer, glue_dir, capsys, 
     assert none["avg_flops"] == pytest.approx(report["full"]["avg_flops"])
     assert all_exit["avg_exit_layer"] == 2.0 and all_exit["flops_speedup"] > 2
     assert all_exit["metrics"]["accuracy"] == pytest.approx(report["per_exit"][0]["accuracy"])
+    # Each exit alone costs what the sweep's "everyone leaves there" rows cost.
+    assert report["per_exit"][0]["avg_flops"] == pytest.approx(all_exit["avg_flops"])
+    assert report["per_exit"][-1]["avg_flops"] == pytest.approx(report["full"]["avg_flops"])
+    assert report["per_exit"][0]["avg_flops"] < report["per_exit"][1]["avg_flops"] < report["per_exit"][2]["avg_flops"]
 
     assert main(["--quiet", "evaluate", str(out), "--glue_dir", str(glue_dir), "--thresholds", "5"]) == 2
     assert "out of range" in capsys.readouterr().err

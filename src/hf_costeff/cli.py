@@ -265,7 +265,13 @@ def cmd_slenderize(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from .configuration_costeff import validate_exit_policy  # noqa: PLC0415
-    from .evaluation import collect_exit_logits, evaluate_policy, per_exit_metrics, sweep_thresholds  # noqa: PLC0415
+    from .evaluation import (  # noqa: PLC0415
+        collect_exit_logits,
+        evaluate_policy,
+        per_exit_flops,
+        per_exit_metrics,
+        sweep_thresholds,
+    )
 
     model, tokenizer = _load_model_and_tokenizer(args.model_dir)
     if tokenizer is None:
@@ -290,7 +296,12 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "criterion": args.criterion,
         "num_examples": len(preds.labels),
         "full": evaluate_policy(preds, config, args.task, "none", None),
-        "per_exit": per_exit_metrics(preds, args.task, config),
+        "per_exit": [
+            {**row, "avg_flops": flops}
+            for row, flops in zip(
+                per_exit_metrics(preds, args.task, config), per_exit_flops(preds, config), strict=True
+            )
+        ],
         "sweep": sweep,
     }
     if args.output:

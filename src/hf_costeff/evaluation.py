@@ -180,7 +180,11 @@ class _FlopsTable:
         return int(self.per_example[np.arange(len(cols)), cols].sum()) / len(cols)
 
     def full(self) -> float:
-        return int(self.per_example[:, -1].sum()) / self.per_example.shape[0]
+        return self.at_exit(-1)
+
+    def at_exit(self, k: int) -> float:
+        """Mean FLOPs when every example leaves at exit ``k``."""
+        return int(self.per_example[:, k].sum()) / self.per_example.shape[0]
 
 
 class PolicyResult(TypedDict):
@@ -229,6 +233,14 @@ def per_exit_metrics(preds: ExitPredictions, task: str | None, config: CostEffCo
         {"exit_layer": layer, **compute_metrics(task, logits_to_predictions(preds.logits[:, k]).numpy(), labels)}
         for k, layer in enumerate(config.exit_layers)
     ]
+
+
+def per_exit_flops(preds: ExitPredictions, config: CostEffConfig | None = None) -> list[float]:
+    """Mean FLOPs per example at each exit, every example leaving there (``cost.average_flops`` at the examples'
+    unpadded lengths): the cost side of :func:`per_exit_metrics`, one value per exit in the same order."""
+    config = _config_of(preds, config)
+    table = _FlopsTable(config, preds.lengths)
+    return [table.at_exit(k) for k in range(len(config.exit_layers))]
 
 
 def _evaluate_policy(
@@ -653,6 +665,7 @@ __all__ = [
     "logits_to_predictions",
     "make_batches",
     "measure_latency",
+    "per_exit_flops",
     "per_exit_metrics",
     "simulate_early_exit",
     "sweep_thresholds",
