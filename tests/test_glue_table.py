@@ -469,3 +469,60 @@ def test_target_lines_say_what_was_measured():
         "MISSED — 2 models checked; 2 of 4 dev halves fell back to every layer (1 failed their own half's check, "
         "1 the pooled check); mrpc costeff_eighth lost 1.40 (allowed 1.00)" in lines["policies_within_allowed_drop"]
     )
+
+
+def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert, capsys, monkeypatch):
+    """benchmarks/recovery_probe.py: retraining the final stage at the table's own settings gives the table's scores
+    back (same seed, same parent), so a variant differs from the recipe only by its change; a rerun only reads its
+    cache."""
+    import recovery_probe  # noqa: PLC0415
+
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data)
+    table = [
+        "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--budgets", "small=2:16:p0.6",
+        "--max_steps", "4", "--batch_size", "8", "--cache_dir", str(tmp_path / "cache"), "--exit_pooling", "mean",
+    ]  # fmt: skip
+    glue_table.main([*table, "--tasks", "sst2", "--stages", "teacher,ta,students", "--ablation_tasks", ""])
+    probe = ["--task", "sst2", "--students", "small", "--output_dir", str(tmp_path / "out"), *table]
+    variants = "hidden,recipe,lr=0.0002,lr=0.05+beta=0"  # 2e-4 is glue_table's --recover_lr
+    report = recovery_probe.main([*probe, "--variants", variants])
+    scores = {v: r["per_exit_score"] for v, r in report["students"]["small"]["variants"].items()}
+    assert list(scores) == variants.split(",") and all(len(s) == 2 for s in scores.values())
+    assert scores["lr=0.0002"] == pytest.approx(scores["recipe"], abs=1e-6)
+    # Not only the scores (a tiny model on 32 rows may tie by chance): the retrained weights are the table's.
+    table_args = glue_table.parse_args([*table, "--tasks", "sst2", "--no_train", "--ablation_tasks", ""])
+    run = recovery_probe.cached_run(table_args, "sst2")
+    final = run.models["costeff_small"]["key"]
+    retrained = recovery_probe.retrain(
+        run, table_args.budgets[0], run.cache.meta(final)["parents"][-1], run.models["costeff_ta"]["key"], {},
+        tmp_path / "work",
+    )  # fmt: skip
+    built = run.load(final).state_dict()
+    for name, value in retrained.state_dict().items():
+        torch.testing.assert_close(value, built[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert (tmp_path / "out" / "recovery_probe_sst2.png").stat().st_size > 0
+    assert "| small | recipe |" in capsys.readouterr().out
+
+    # A rerun reads every variant from the cache (training would fail here) and keeps the output unless told.
+    with pytest.raises(SystemExit, match="--overwrite"):
+        recovery_probe.main([*probe, "--variants", variants])
+    monkeypatch.setattr(recovery_probe, "retrain", lambda *a, **k: pytest.fail("a cached variant was retrained"))
+    again = recovery_probe.main([*probe, "--variants", variants, "--overwrite"])
+    assert again["students"]["small"]["variants"] == report["students"]["small"]["variants"]
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [("lr", "key=value"), ("momentum=0.9", "key=value"), ("lr=fast", "a number"), ("epochs=0", "above 0")],
+)
+def test_recovery_probe_rejects_bad_variants_naming_the_option(variants, message, capsys):
+    import recovery_probe  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exit_info:
+        recovery_probe.parse_args(
+            ["--task", "sst2", "--students", "eighth", "--output_dir", "x", "--variants", variants]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--variants" in err and message in err
