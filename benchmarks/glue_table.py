@@ -969,20 +969,10 @@ class TaskRun:
         if budget.trim and not trim_available():
             self.pending[name] = "needs hf_costeff.slenderize.trim_vocabulary (issue 13)"
             return
-        args, task = self.args, self.task
         source_key = ta_key if recipe.from_ta else teacher_key
         key = source_key
         for step in STUDENT_STEPS:
-            epochs = args.recover_hidden_epochs[task] if step == "recover_hidden" else args.student_epochs[task]
-            settings = {
-                "budget": budget.settings(),
-                "recipe": asdict(recipe),
-                "step": step,
-                "epochs": epochs * budget.epochs_scale,
-                "lr": args.prune_lr if step == "prune" else args.recover_lr,
-                "importance_batches": args.importance_batches,
-                "max_steps": args.max_steps,
-            }
+            settings = self.step_settings(budget, recipe, step)
             stage_name = name if step == "recover_pred" else f"{step}_{name.removeprefix('costeff_')}"
             parent = key
             key = self.stage(
@@ -1001,6 +991,20 @@ class TaskRun:
         if key is None and reasons:
             self.pending[name] = f"{reasons[0][0]}: {reasons[0][1]}"
         self.models[name] = {"key": key, "kind": "costeff", "criterion": "entropy", "group": group}
+
+    def step_settings(self, budget: Budget, recipe: Recipe, step: str) -> dict:
+        """One student stage's settings (its cache key's content): the epochs and learning rate it trains with."""
+        args, task = self.args, self.task
+        epochs = args.recover_hidden_epochs[task] if step == "recover_hidden" else args.student_epochs[task]
+        return {
+            "budget": budget.settings(),
+            "recipe": asdict(recipe),
+            "step": step,
+            "epochs": epochs * budget.epochs_scale,
+            "lr": args.prune_lr if step == "prune" else args.recover_lr,
+            "importance_batches": args.importance_batches,
+            "max_steps": args.max_steps,
+        }
 
     def kd_source(self, recipe: Recipe, source_key: str):
         """The model a student distils from: the TA (every exit), or without one the teacher (its final logits)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,15 +105,13 @@ def exit_scores(run: glue_table.TaskRun, model, tokenizer) -> list[float]:
 
 def retrain(run: glue_table.TaskRun, budget: glue_table.Budget, parent: str, ta_key: str, changes: dict, work: Path):
     """The final stage from ``parent`` as the table builds it (same seed, TA, epochs, lr), with ``changes``."""
-    args = run.args
-    settings = {
-        "epochs": changes.get("epochs", args.student_epochs[run.task] * budget.epochs_scale),
-        "lr": changes.get("lr", args.recover_lr),
-    }
-    kd = run.kd_source(glue_table.Recipe(), ta_key)
+    recipe = glue_table.Recipe()
+    table = run.step_settings(budget, recipe, "recover_pred")
+    settings = {"epochs": changes.get("epochs", table["epochs"]), "lr": changes.get("lr", table["lr"])}
+    kd = run.kd_source(recipe, ta_key)
     if budget.trim:
         kd, _ = glue_table.trim_to_task(kd, run.data)
-    set_seed(args.seed)
+    set_seed(run.args.seed)
     model = run.load(parent)
     return run.distill(model, kd, work, settings, run.tokenizer_of(parent), beta=changes.get("beta", 1.0))
 
@@ -133,15 +132,17 @@ def probe_student(run: glue_table.TaskRun, args, name: str) -> dict:
             out["variants"][variant] = json.loads(cached.read_text())
             continue
         start = time.perf_counter()
+        work = store / f"{variant}-work"  # the retraining's checkpoints: a killed variant resumes from them
         if variant in CACHED:
             model = run.load(parent if variant == "hidden" else final_key)
         else:
-            model = retrain(run, budget, parent, ta_key, changes, store / f"{variant}-work")
+            model = retrain(run, budget, parent, ta_key, changes, work)
         result = {"per_exit_score": exit_scores(run, model, tokenizer), "seconds": time.perf_counter() - start}
         store.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")  # renamed into place: a killed run leaves no half-written result
         tmp.write_text(json.dumps(result))
         os.replace(tmp, cached)
+        shutil.rmtree(work, ignore_errors=True)  # the probe's own scratch folder, done with once the result is saved
         out["variants"][variant] = result
         print(f"[{run.task}] {name} {variant}: " + " ".join(f"{s:.2f}" for s in result["per_exit_score"]), flush=True)
     return out
