@@ -502,6 +502,7 @@ def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert
     for name, value in retrained.state_dict().items():
         torch.testing.assert_close(value, built[name], rtol=1e-5, atol=1e-6, msg=name)
     assert (tmp_path / "out" / "recovery_probe_sst2.png").stat().st_size > 0
+    assert not list((tmp_path / "cache" / "recovery_probe").glob("*/*/*-work"))  # no scratch left once saved
     assert "| small | recipe |" in capsys.readouterr().out
 
     # A rerun reads every variant from the cache (training would fail here) and keeps the output unless told.
