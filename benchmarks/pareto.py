@@ -124,8 +124,9 @@ def _training_args(out: Path, args, epochs: float, lr: float) -> TrainingArgumen
     )
 
 
-def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, **loss_kwargs):
+def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, eval_dataset=None, **loss_kwargs):
     """MultiExitTrainer (hf_costeff.training) on the training subset; returns the trained model in eval mode.
+    ``eval_dataset`` (a set or a dict of sets) is the trainer's, for training arguments that evaluate.
 
     ``ctx["training_args"]`` (optional) replaces ``_training_args`` and ``ctx["callbacks"]`` are added to the trainer's
     (benchmarks/glue_table.py: length-grouped batches, periodic checkpoints); a run that stopped resumes from the last
@@ -135,6 +136,7 @@ def train_multi_exit(model, ctx, *, epochs, lr, teacher=None, callbacks=None, **
         model=model,
         args=ctx.get("training_args", _training_args)(out, ctx["args"], epochs, lr),
         train_dataset=ctx["train"],
+        eval_dataset=eval_dataset,
         data_collator=ctx["collator"],
         processing_class=ctx["tokenizer"],
         teacher=teacher,

@@ -4,8 +4,11 @@ The GLUE table's students are built in three stages (prune, hidden-state recover
 ``benchmarks/glue_table.py``). This probe takes a student the table has already built, and reports every exit's dev
 score after its hidden-state recovery (``hidden``), after the table's final stage (``recipe``), and after the final
 stage retrained from the same hidden-recovered model with one change (``lr=``, ``beta=`` the prediction-KD weight,
-``epochs=``; join several with ``+``). Every retrained variant starts from the same seed as the table's stage, so
-``lr=<the table's --recover_lr>`` reproduces ``recipe``.
+``epochs=``, ``select=`` the checkpoint rule, ``last`` or ``heldout``: see glue_table's ``--final_selection``; join
+several with ``+``). Every retrained variant starts from the same seed as the table's stage, so
+``lr=<the table's --recover_lr>`` reproduces ``recipe``. A ``select=heldout`` variant also records the dev score at
+each of its candidate checkpoints (recorded only: the choice is made on the held-out training rows), so the JSON
+shows whether the held-out rows rank the checkpoints as dev does.
 
 It exists because STS-B's students scored lower after the final stage than before it; the probe measures whether the
 prediction term or the stage's length and learning rate is the cause. The scores are on the task's whole dev set,
@@ -40,7 +43,15 @@ from hf_costeff.data import get_task  # noqa: E402
 from hf_costeff.evaluation import collect_exit_logits, per_exit_metrics  # noqa: E402
 
 CACHED = ("hidden", "recipe")
-CHANGES = {"lr": float, "beta": float, "epochs": float}
+
+
+def _selection(value: str) -> str:
+    if value not in glue_table.SELECTIONS:
+        raise ValueError(f"choose from {glue_table.SELECTIONS}")
+    return value
+
+
+CHANGES = {"lr": float, "beta": float, "epochs": float, "select": _selection}
 
 
 def parse_variant(text: str) -> dict:
@@ -54,9 +65,10 @@ def parse_variant(text: str) -> dict:
             raise ValueError(f"--variants: {part!r} is not one of {CACHED} nor key=value with a key in {list(CHANGES)}")
         try:
             changes[key] = CHANGES[key](value)
-        except ValueError:
-            raise ValueError(f"--variants: {part!r} needs a number after '='") from None
-        if changes[key] < 0 or (key != "beta" and changes[key] == 0):
+        except ValueError as error:
+            what = error if key == "select" else "needs a number after '='"
+            raise ValueError(f"--variants: {part!r} {what}") from None
+        if key != "select" and (changes[key] < 0 or (key != "beta" and changes[key] == 0)):
             raise ValueError(f"--variants: {part!r} must be above 0 (beta: at least 0)")
     return changes
 
@@ -103,17 +115,26 @@ def exit_scores(run: glue_table.TaskRun, model, tokenizer) -> list[float]:
     return [100 * row[main] for row in rows]
 
 
-def retrain(run: glue_table.TaskRun, budget: glue_table.Budget, parent: str, ta_key: str, changes: dict, work: Path):
-    """The final stage from ``parent`` as the table builds it (same seed, TA, epochs, lr), with ``changes``."""
+def retrain(
+    run: glue_table.TaskRun, budget: glue_table.Budget, parent: str, ta_key: str, changes: dict, work: Path
+) -> tuple:
+    """The final stage from ``parent`` as the table builds it (same seed, TA, epochs, lr), with ``changes``; returns
+    the model and what its checkpoint selection found (dev recorded as the watched set)."""
     recipe = glue_table.Recipe()
     table = run.step_settings(budget, recipe, "recover_pred")
-    settings = {"epochs": changes.get("epochs", table["epochs"]), "lr": changes.get("lr", table["lr"])}
+    settings = {
+        "epochs": changes.get("epochs", table["epochs"]),
+        "lr": changes.get("lr", table["lr"]),
+        "selection": changes.get("select", table.get("selection", "last")),
+    }
     kd = run.kd_source(recipe, ta_key)
     if budget.trim:
         kd, _ = glue_table.trim_to_task(kd, run.data)
     set_seed(run.args.seed)
     model = run.load(parent)
-    return run.distill(model, kd, work, settings, run.tokenizer_of(parent), beta=changes.get("beta", 1.0))
+    tokenizer = run.tokenizer_of(parent)
+    watch = run.data.sets(tokenizer)[1] if settings["selection"] == "heldout" else None
+    return run.distill(model, kd, work, settings, tokenizer, beta=changes.get("beta", 1.0), watch=watch)
 
 
 def probe_student(run: glue_table.TaskRun, args, name: str) -> dict:
@@ -133,11 +154,14 @@ def probe_student(run: glue_table.TaskRun, args, name: str) -> dict:
             continue
         start = time.perf_counter()
         work = store / f"{variant}-work"  # the retraining's checkpoints: a killed variant resumes from them
+        selection = {}
         if variant in CACHED:
             model = run.load(parent if variant == "hidden" else final_key)
         else:
-            model = retrain(run, budget, parent, ta_key, changes, work)
+            model, selection = retrain(run, budget, parent, ta_key, changes, work)
         result = {"per_exit_score": exit_scores(run, model, tokenizer), "seconds": time.perf_counter() - start}
+        if selection:
+            result["selection"] = selection
         store.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")  # renamed into place: a killed run leaves no half-written result
         tmp.write_text(json.dumps(result))
@@ -154,8 +178,11 @@ def plot(task: str, metric: str, students: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, len(students), figsize=(4.5 * len(students), 3.6), squeeze=False)
-    for ax, (name, result) in zip(axes[0], students.items(), strict=True):
+    selecting = any("selection" in r for s in students.values() for r in s["variants"].values())
+    rows = 2 if selecting else 1
+    fig, axes = plt.subplots(rows, len(students), figsize=(4.5 * len(students), 3.6 * rows), squeeze=False)
+    for column, (name, result) in enumerate(students.items()):
+        ax = axes[0][column]
         for variant, r in result["variants"].items():
             scores = r["per_exit_score"]
             ax.plot(range(1, len(scores) + 1), scores, marker="o", label=variant)
@@ -164,6 +191,24 @@ def plot(task: str, metric: str, students: dict, path: Path) -> None:
         ax.set_ylabel(f"dev {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        if not selecting:
+            continue
+        # The checkpoint rule's evidence: the held-out rows it chose on, and dev (recorded only), at every candidate.
+        ax = axes[1][column]
+        for variant, r in result["variants"].items():
+            if "selection" not in r:
+                continue
+            sel = r["selection"]
+            steps = [e["step"] for e in sel["evals"]]
+            for key, style in ((f"eval_heldout_mean_exit_{metric}", "-"), (f"watch_mean_exit_{metric}", "--")):
+                values = [100 * e[key] if e.get(key) is not None else float("nan") for e in sel["evals"]]
+                where = "held-out train" if "heldout" in key else "dev"
+                ax.plot(steps, values, style, marker=".", label=f"{variant}: {where}")
+            ax.axvline(sel["best_step"], color="grey", lw=0.8)
+        ax.set_xlabel("final-stage step (grey: kept)")
+        ax.set_ylabel(f"mean over exits, {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -200,6 +245,14 @@ def main(argv=None) -> dict:
     for name, s in students.items():
         for variant, r in s["variants"].items():
             print(f"| {name} | {variant} | " + " | ".join(f"{v:.2f}" for v in r["per_exit_score"]) + " |")
+    for name, s in students.items():
+        for variant, r in s["variants"].items():
+            if "selection" in r:
+                sel = r["selection"]
+                print(
+                    f"{name} {variant}: kept step {sel['best_step']} of {sel['max_steps']} (best mean {metric} over "
+                    f"exits on {sel['heldout_rows']} held-out train rows, {100 * sel['best_metric']:.2f})"
+                )
     return report
 
 

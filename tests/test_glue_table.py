@@ -258,11 +258,12 @@ def test_budget_parsing_and_rank_fit():
     assert rank == config.hidden_size or count_parameters(planned)["total"] > cap
 
 
-def _write_tiny_glue(glue_dir, folder: Path) -> None:
-    (folder / "sst2").mkdir(parents=True)
-    for name, n in (("train.tsv", 48), ("dev.tsv", 32)):
-        lines = (glue_dir / "sst2" / name).read_text(encoding="utf-8").splitlines()
-        (folder / "sst2" / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+def _write_tiny_glue(glue_dir, folder: Path, task: str = "sst2", train: int = 48, dev: int = 32) -> None:
+    """The first ``train`` / ``dev`` rows of the real task (header kept) under ``folder/task``."""
+    (folder / task).mkdir(parents=True)
+    for name, n in (("train.tsv", train), ("dev.tsv", dev)):
+        lines = (glue_dir / task / name).read_text(encoding="utf-8").splitlines()
+        (folder / task / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
 
 
 @pytest.fixture
@@ -326,10 +327,7 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
 def test_a_regression_task_reports_a_calibrated_patience_policy(tmp_path, glue_dir, minilm_tokenizer):
     """STS-B's multi-exit models exit by PABEE's patience, both of its parameters chosen on the other dev half."""
     data = tmp_path / "glue"
-    (data / "stsb").mkdir(parents=True)
-    for name, n in (("train.tsv", 48), ("dev.tsv", 40)):
-        lines = (glue_dir / "stsb" / name).read_text(encoding="utf-8").splitlines()
-        (data / "stsb" / name).write_text("\n".join(lines[: n + 1]) + "\n", encoding="utf-8")
+    _write_tiny_glue(glue_dir, data, "stsb", dev=40)
     bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=3, num_labels=1)
     report = glue_table.main(
         [
@@ -494,10 +492,11 @@ def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert
     table_args = glue_table.parse_args([*table, "--tasks", "sst2", "--no_train", "--ablation_tasks", ""])
     run = recovery_probe.cached_run(table_args, "sst2")
     final = run.models["costeff_small"]["key"]
-    retrained = recovery_probe.retrain(
+    retrained, selection = recovery_probe.retrain(
         run, table_args.budgets[0], run.cache.meta(final)["parents"][-1], run.models["costeff_ta"]["key"], {},
         tmp_path / "work",
     )  # fmt: skip
+    assert selection == {}  # the table's rule: the last checkpoint
     built = run.load(final).state_dict()
     for name, value in retrained.state_dict().items():
         torch.testing.assert_close(value, built[name], rtol=1e-5, atol=1e-6, msg=name)
@@ -515,7 +514,13 @@ def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert
 
 @pytest.mark.parametrize(
     ("variants", "message"),
-    [("lr", "key=value"), ("momentum=0.9", "key=value"), ("lr=fast", "a number"), ("epochs=0", "above 0")],
+    [
+        ("lr", "key=value"),
+        ("momentum=0.9", "key=value"),
+        ("lr=fast", "a number"),
+        ("epochs=0", "above 0"),
+        ("select=best", "choose from"),
+    ],
 )
 def test_recovery_probe_rejects_bad_variants_naming_the_option(variants, message, capsys):
     import recovery_probe  # noqa: PLC0415
@@ -527,3 +532,72 @@ def test_recovery_probe_rejects_bad_variants_naming_the_option(variants, message
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--variants" in err and message in err
+
+
+def test_heldout_split_is_fixed_disjoint_and_sized(tmp_path, glue_dir, minilm_tokenizer):
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data)
+    args = glue_table.parse_args(["--glue_dir", str(data), "--tasks", "sst2"])
+    task = glue_table.TaskData("sst2", args, minilm_tokenizer)
+    fit, heldout = task.heldout_split()
+    train, _, _ = task.sets()
+    assert len(heldout) == round(glue_table.HELDOUT_FRACTION * len(train)) and len(fit) + len(heldout) == len(train)
+    rows = lambda part: {tuple(ids) for ids in part["input_ids"]}  # noqa: E731
+    assert not rows(fit) & rows(heldout) and rows(fit) | rows(heldout) == rows(train)
+    again_fit, again_heldout = glue_table.TaskData("sst2", args, minilm_tokenizer).heldout_split()
+    assert again_heldout["input_ids"] == heldout["input_ids"] and again_fit["input_ids"] == fit["input_ids"]
+
+
+def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glue_dir, minilm_tokenizer, capsys):
+    """--final_selection heldout: the final stage evaluates on train rows it does not train on and keeps the best
+    checkpoint (mean over exits); only that stage's key changes. The probe's select=heldout variant also records dev
+    at every candidate, and its kept model's dev scores are those of the chosen step."""
+    import recovery_probe  # noqa: PLC0415
+
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data, "stsb", train=60, dev=40)
+    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=3, num_labels=1)
+    table = [
+        "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--budgets", "small=2:16:p0.6",
+        "--max_steps", "6", "--batch_size", "8", "--ablation_tasks", "", "--cache_dir", str(tmp_path / "cache"),
+        "--exit_pooling", "mean", "--recover_lr", "0.01",
+    ]  # fmt: skip
+    glue_table.main([*table, "--stages", "teacher,ta,students"])
+    chosen = glue_table.main([*table, "--stages", "teacher,ta,students", "--final_selection", "heldout"])
+    keys = {}
+    for name in ("last", "heldout"):
+        args = glue_table.parse_args([*table, "--no_train", "--final_selection", name])
+        run = glue_table.TaskRun("stsb", args, bert, minilm_tokenizer)
+        run.run()
+        final = run.models["costeff_small"]["key"]
+        keys[name] = (final, run.cache.meta(final)["parents"])
+    assert keys["last"][0] != keys["heldout"][0] and keys["last"][1] == keys["heldout"][1]  # the same parents
+    meta = run.cache.meta(keys["heldout"][0])
+    selection = meta["selection"]
+    metric = "eval_heldout_mean_exit_pearson"
+    assert selection["heldout_rows"] == 6 and selection["max_steps"] == 6
+    assert [e["step"] for e in selection["evals"]] == [1, 2, 3, 4, 5, 6]  # every candidate, the last step included
+    values = [e[metric] for e in selection["evals"]]
+    assert selection["best_metric"] == pytest.approx(max(values))
+    assert selection["best_step"] == 1 + values.index(max(values))  # the first of equal bests, as Trainer keeps
+    assert f"kept the checkpoint of step {selection['best_step']} of 6" in meta["recipe"]
+    # The saved model is the chosen checkpoint: its held-out mean over exits is the best one recorded.
+    model, tokenizer = run.load(keys["heldout"][0]), run.tokenizer_of(keys["heldout"][0])
+    _, heldout = run.data.heldout_split(tokenizer)
+    loader = torch.utils.data.DataLoader(
+        heldout.remove_columns(["length"]), batch_size=16, collate_fn=run.data.sets(tokenizer)[2]
+    )
+    rows = glue_table.per_exit_metrics(glue_table.collect_exit_logits(model, loader), "stsb", model.config)
+    assert np.mean([r["pearson"] for r in rows]) == pytest.approx(selection["best_metric"], abs=1e-5)
+
+    probe = ["--task", "stsb", "--students", "small", "--output_dir", str(tmp_path / "out"), *table]
+    report = recovery_probe.main([*probe, "--variants", "recipe,select=heldout"])
+    variant = report["students"]["small"]["variants"]["select=heldout"]
+    evals = variant["selection"]["evals"]
+    assert [e[metric] for e in evals] == pytest.approx(values, abs=1e-6)  # the table's stage, retrained
+    best = next(e for e in evals if e["step"] == variant["selection"]["best_step"])
+    watched = best["watch_mean_exit_pearson"]  # dev at the kept step, recorded, not chosen on
+    assert np.mean(variant["per_exit_score"]) == pytest.approx(100 * watched, abs=1e-4)
+    # ... and the table reports that checkpoint: its dev scores are the retrained variant's.
+    small = next(m for m in chosen["tasks"]["stsb"]["models"] if m["name"] == "costeff_small")
+    assert small["per_exit_score"] == pytest.approx(variant["per_exit_score"], abs=1e-4)
