@@ -113,12 +113,13 @@ TA_EPOCHS = {"sst2": 1.0, "mrpc": 3.0, "rte": 3.0, "cola": 3.0, "stsb": 3.0}
 STUDENT_EPOCHS = {"sst2": 1.0, "mrpc": 3.0, "rte": 3.0, "cola": 10.0, "stsb": 3.0}
 RECOVER_HIDDEN_EPOCHS = {"sst2": 0.5, "mrpc": 1.0, "rte": 1.0, "cola": 5.0, "stsb": 1.0}
 DEFAULT_BUDGETS = "wide=8:1024:r256,quarter=4:512:p0.25:trim,eighth=2:256:p0.125:trim"
-# Which checkpoint of the final recovery stage a student keeps: its last (the table's recipe so far), or the one whose
-# mean over exits of the task's metric is best on rows held out of that stage's training (``Trainer``'s
-# ``load_best_model_at_end``). The paper keeps the best mean over exits on dev, the data it reports; held-out training
-# rows keep the reported data out of the choice. On STS-B the last checkpoint is below the stage's starting point
-# (benchmarks/recovery_probe.py).
-SELECTIONS = ("last", "heldout")
+# Which checkpoint of the final recovery stage a student keeps: its last (the table's recipe so far), or the best on
+# rows held out of that stage's training (``Trainer``'s ``load_best_model_at_end``) by the mean over exits of the
+# task's metric (``heldout``, the paper's criterion) or by the last exit's (``heldout_final``: the all-layers score
+# every exit policy is calibrated against). The paper keeps the best on dev, the data it reports; held-out training
+# rows keep the reported data out of the choice. On STS-B the last checkpoint's deep exits are below the stage's
+# starting point (benchmarks/recovery_probe.py).
+SELECTIONS = ("last", "heldout", "heldout_final")
 HELDOUT_FRACTION, HELDOUT_MAX_ROWS = 0.1, 2000  # 575 rows of STS-B, 2000 of SST-2's 67k
 SELECT_EVALS_PER_EPOCH = 4  # candidates: every quarter epoch, and the last step
 
@@ -581,42 +582,44 @@ def training_args(
 
 
 class WatchSet(TrainerCallback):
-    """After each evaluation, the mean over exits of ``metric`` on another set (``loader``), recorded by step and
-    never selected on. Under ``torch.random.fork_rng``: a DataLoader draws its seed from the global generator, so a
-    run that watches trains exactly as one that does not."""
+    """After each evaluation, every exit's ``metric`` on another set (``loader``), recorded by step and never
+    selected on. Under ``torch.random.fork_rng``: a DataLoader draws its seed from the global generator, so a run that
+    watches trains exactly as one that does not."""
 
     def __init__(self, loader: DataLoader, task: str, metric: str):
         self.loader, self.task, self.metric = loader, task, metric
-        self.by_step: dict[int, float] = {}
+        self.by_step: dict[int, list[float]] = {}
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if model is not None and state.global_step not in self.by_step:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 rows = per_exit_metrics(collect_exit_logits(model, self.loader), self.task, model.config)
-            self.by_step[state.global_step] = float(np.mean([row[self.metric] for row in rows]))
+            self.by_step[state.global_step] = [float(row[self.metric]) for row in rows]
         return control
 
 
 class EvalTrace(TrainerCallback):
     """What a selecting stage's evaluations found, read from ``state.log_history`` at the end of training (so a run
-    resumed from a checkpoint still reports every evaluation): ``{"evals": [{"step", <metric>: value}], "best_step",
-    "best_metric", "max_steps"}``."""
+    resumed from a checkpoint still reports every evaluation): ``{"evals": [{"step", <metric>: value,
+    "heldout_per_exit": [...]}], "best_step", "best_metric", "max_steps"}`` (``metrics``: the logged names to keep;
+    ``per_exit``: the logged name of each exit's metric, in exit order)."""
 
-    def __init__(self, metrics: tuple[str, ...]):
-        self.metrics = metrics
+    def __init__(self, metrics: tuple[str, ...], per_exit: tuple[str, ...]):
+        self.metrics, self.per_exit = metrics, per_exit
         self.result: dict = {}
 
     def on_train_end(self, args, state, control, **kwargs):
         evals = [
-            {"step": row["step"], **{m: row[m] for m in self.metrics if m in row}}
+            {
+                "step": row["step"],
+                **{m: row[m] for m in self.metrics if m in row},
+                "heldout_per_exit": [row.get(m) for m in self.per_exit],
+            }
             for row in state.log_history
             if any(m in row for m in self.metrics)
         ]
-        merged: dict[int, dict] = {}  # an evaluation of several sets logs one row per set
-        for row in evals:
-            merged.setdefault(row["step"], {}).update(row)
         self.result = {
-            "evals": [merged[step] for step in sorted(merged)],
+            "evals": sorted(evals, key=lambda row: row["step"]),
             "best_step": getattr(state, "best_global_step", None),
             "best_metric": state.best_metric,
             "max_steps": state.max_steps,
@@ -1176,8 +1179,9 @@ class TaskRun:
             if selection:
                 meta["selection"] = selection
                 meta["recipe"] += (
-                    f"; kept the checkpoint of step {selection['best_step']} of {selection['max_steps']}, best mean "
-                    f"{selection['metric']} over exits on {selection['heldout_rows']} train rows held out of it"
+                    f"; kept the checkpoint of step {selection['best_step']} of {selection['max_steps']}, best "
+                    + ("mean over exits" if settings["selection"] == "heldout" else "last exit")
+                    + f" ({selection['metric']}) on {selection['heldout_rows']} train rows held out of it"
                 )
         model.save_pretrained(out)
         if tokenizer is not self.data.tokenizer:
@@ -1204,18 +1208,21 @@ class TaskRun:
             tokenizer=tokenizer,
         )
         main = self.data.spec.main_metric
+        selection = settings.get("selection", "last")
         eval_sets, added = None, []
-        if settings.get("selection", "last") == "heldout":
+        if selection != "last":
             ctx["train"], heldout = self.data.heldout_split(tokenizer)
-            metric = f"heldout_mean_exit_{main}"
+            per_exit = tuple(f"eval_heldout_exit{layer}_{main}" for layer in model.config.exit_layers)
+            mean = f"eval_heldout_mean_exit_{main}"
+            metric = (mean if selection == "heldout" else per_exit[-1]).removeprefix("eval_")
             ctx["training_args"] = lambda out, a, ep, lr: training_args(out, a, ep, lr, select_metric=metric)
             eval_sets = {"heldout": heldout}
-            added = [EvalTrace((f"eval_{metric}",))]
+            added = [EvalTrace((mean, per_exit[-1]), per_exit)]
             if watch is not None:
                 loader = DataLoader(watch, batch_size=self.args.eval_batch_size, collate_fn=ctx["collator"])
                 added.append(WatchSet(loader, self.task, main))
         elif watch is not None:
-            raise ValueError("distill: a watch set is evaluated only with settings['selection'] == 'heldout'")
+            raise ValueError("distill: a watch set is evaluated only with a held-out selection")
         model = pareto.train_multi_exit(
             model.requires_grad_(True),
             ctx,
@@ -1230,10 +1237,13 @@ class TaskRun:
         )
         if not added:
             return model, {}
-        result = {**added[0].result, "metric": main, "heldout_rows": len(heldout)}
+        result = {**added[0].result, "metric": main, "criterion": metric, "heldout_rows": len(heldout)}
         if watch is not None:
             for row in result["evals"]:
-                row[f"watch_mean_exit_{main}"] = added[1].by_step.get(row["step"])
+                row["watch_per_exit"] = added[1].by_step.get(row["step"])
+                row[f"watch_mean_exit_{main}"] = (
+                    float(np.mean(row["watch_per_exit"])) if row["watch_per_exit"] is not None else None
+                )
         return model, result
 
     def num_events(self, heads_removed: int, epochs: float, tokenizer) -> int:

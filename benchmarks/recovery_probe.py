@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, set_seed
@@ -133,7 +134,7 @@ def retrain(
     set_seed(run.args.seed)
     model = run.load(parent)
     tokenizer = run.tokenizer_of(parent)
-    watch = run.data.sets(tokenizer)[1] if settings["selection"] == "heldout" else None
+    watch = run.data.sets(tokenizer)[1] if settings["selection"] != "last" else None
     return run.distill(model, kd, work, settings, tokenizer, beta=changes.get("beta", 1.0), watch=watch)
 
 
@@ -172,6 +173,20 @@ def probe_student(run: glue_table.TaskRun, args, name: str) -> dict:
     return out
 
 
+def selection_curves(selection: dict) -> tuple[list[int], list[float], list[float]]:
+    """Steps, and at each the selection criterion (mean over exits, or the last exit) on the held-out rows and on dev
+    (recorded, not chosen on), in GLUE units."""
+
+    def value(row: dict, where: str) -> float:
+        exits = row.get(f"{where}_per_exit")
+        if not exits or exits[-1] is None:
+            return float("nan")
+        return 100 * (float(np.mean(exits)) if "mean_exit" in selection["criterion"] else exits[-1])
+
+    evals = selection["evals"]
+    return [e["step"] for e in evals], [value(e, "heldout") for e in evals], [value(e, "watch") for e in evals]
+
+
 def plot(task: str, metric: str, students: dict, path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
@@ -198,15 +213,12 @@ def plot(task: str, metric: str, students: dict, path: Path) -> None:
         for variant, r in result["variants"].items():
             if "selection" not in r:
                 continue
-            sel = r["selection"]
-            steps = [e["step"] for e in sel["evals"]]
-            for key, style in ((f"eval_heldout_mean_exit_{metric}", "-"), (f"watch_mean_exit_{metric}", "--")):
-                values = [100 * e[key] if e.get(key) is not None else float("nan") for e in sel["evals"]]
-                where = "held-out train" if "heldout" in key else "dev"
-                ax.plot(steps, values, style, marker=".", label=f"{variant}: {where}")
-            ax.axvline(sel["best_step"], color="grey", lw=0.8)
-        ax.set_xlabel("final-stage step (grey: kept)")
-        ax.set_ylabel(f"mean over exits, {metric}")
+            steps, heldout, dev = selection_curves(r["selection"])
+            line = ax.plot(steps, heldout, "-", marker=".", label=f"{variant}: held-out train")[0]
+            ax.plot(steps, dev, "--", marker=".", color=line.get_color(), label=f"{variant}: dev (not chosen on)")
+            ax.axvline(r["selection"]["best_step"], color=line.get_color(), lw=0.8, alpha=0.6)
+        ax.set_xlabel("final-stage step (vertical: kept)")
+        ax.set_ylabel(f"selection criterion, {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -250,8 +262,8 @@ def main(argv=None) -> dict:
             if "selection" in r:
                 sel = r["selection"]
                 print(
-                    f"{name} {variant}: kept step {sel['best_step']} of {sel['max_steps']} (best mean {metric} over "
-                    f"exits on {sel['heldout_rows']} held-out train rows, {100 * sel['best_metric']:.2f})"
+                    f"{name} {variant}: kept step {sel['best_step']} of {sel['max_steps']} (best {sel['criterion']} "
+                    f"on {sel['heldout_rows']} held-out train rows, {100 * sel['best_metric']:.2f})"
                 )
     return report
 

@@ -580,7 +580,8 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     values = [e[metric] for e in selection["evals"]]
     assert selection["best_metric"] == pytest.approx(max(values))
     assert selection["best_step"] == 1 + values.index(max(values))  # the first of equal bests, as Trainer keeps
-    assert f"kept the checkpoint of step {selection['best_step']} of 6" in meta["recipe"]
+    assert f"kept the checkpoint of step {selection['best_step']} of 6, best mean over exits" in meta["recipe"]
+    assert all(np.mean(e["heldout_per_exit"]) == pytest.approx(e[metric]) for e in selection["evals"])
     # The saved model is the chosen checkpoint: its held-out mean over exits is the best one recorded.
     model, tokenizer = run.load(keys["heldout"][0]), run.tokenizer_of(keys["heldout"][0])
     _, heldout = run.data.heldout_split(tokenizer)
@@ -591,7 +592,7 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     assert np.mean([r["pearson"] for r in rows]) == pytest.approx(selection["best_metric"], abs=1e-5)
 
     probe = ["--task", "stsb", "--students", "small", "--output_dir", str(tmp_path / "out"), *table]
-    report = recovery_probe.main([*probe, "--variants", "recipe,select=heldout"])
+    report = recovery_probe.main([*probe, "--variants", "recipe,select=heldout,select=heldout_final"])
     variant = report["students"]["small"]["variants"]["select=heldout"]
     evals = variant["selection"]["evals"]
     assert [e[metric] for e in evals] == pytest.approx(values, abs=1e-6)  # the table's stage, retrained
@@ -601,3 +602,11 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     # ... and the table reports that checkpoint: its dev scores are the retrained variant's.
     small = next(m for m in chosen["tasks"]["stsb"]["models"] if m["name"] == "costeff_small")
     assert small["per_exit_score"] == pytest.approx(variant["per_exit_score"], abs=1e-4)
+    # By the last exit: the kept step is the first best last exit on the held-out rows, and the kept model's dev
+    # scores are the ones recorded at that step (the same training, only the kept checkpoint differs).
+    final = report["students"]["small"]["variants"]["select=heldout_final"]
+    last = [e["heldout_per_exit"][-1] for e in final["selection"]["evals"]]
+    assert final["selection"]["criterion"] == "heldout_exit3_pearson"
+    assert final["selection"]["best_step"] == final["selection"]["evals"][last.index(max(last))]["step"]
+    kept = next(e for e in final["selection"]["evals"] if e["step"] == final["selection"]["best_step"])
+    assert final["per_exit_score"] == pytest.approx([100 * v for v in kept["watch_per_exit"]], abs=1e-4)
