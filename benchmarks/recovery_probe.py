@@ -187,6 +187,29 @@ def selection_curves(selection: dict) -> tuple[list[int], list[float], list[floa
     return [e["step"] for e in evals], [value(e, "heldout") for e in evals], [value(e, "watch") for e in evals]
 
 
+# Rules for keeping one checkpoint of a selecting run, each applied to its recorded evaluations: what Trainer keeps
+# at the table's default (the last), the two held-out criteria (--final_selection heldout / heldout_final: one run
+# records both, since the held-out split and the training are the same and only the kept checkpoint differs), and
+# the best last exit on dev, the reported data (an oracle: how much any rule could gain, never a rule to deploy).
+PICK_RULES = {
+    "last": lambda e: e["step"],
+    "heldout": lambda e: float(np.mean(e["heldout_per_exit"])),
+    "heldout_final": lambda e: e["heldout_per_exit"][-1],
+    "dev_final (oracle)": lambda e: e["watch_per_exit"][-1],
+}
+
+
+def picks(selection: dict) -> dict[str, dict]:
+    """For each rule of ``PICK_RULES``, the step it keeps (the first of equal bests, as Trainer keeps) and the dev
+    score of every exit there, in GLUE units. Needs the recorded held-out and dev exits of every evaluation."""
+    evals = [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+    out = {}
+    for rule, key in PICK_RULES.items():
+        best = max(evals, key=key)  # max() keeps the first of equal keys
+        out[rule] = {"step": best["step"], "dev_per_exit": [100 * v for v in best["watch_per_exit"]]}
+    return out
+
+
 def plot(task: str, metric: str, students: dict, path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
@@ -236,6 +259,10 @@ def main(argv=None) -> dict:
     run = cached_run(table_args, args.task)
     start = time.perf_counter()
     students = {name: probe_student(run, args, name) for name in args.students}
+    for result in students.values():
+        for r in result["variants"].values():
+            if "selection" in r:
+                r["picks"] = picks(r["selection"])
     metric = get_task(args.task).main_metric
     report = {
         "task": args.task,
@@ -257,14 +284,15 @@ def main(argv=None) -> dict:
     for name, s in students.items():
         for variant, r in s["variants"].items():
             print(f"| {name} | {variant} | " + " | ".join(f"{v:.2f}" for v in r["per_exit_score"]) + " |")
-    for name, s in students.items():
-        for variant, r in s["variants"].items():
-            if "selection" in r:
-                sel = r["selection"]
-                print(
-                    f"{name} {variant}: kept step {sel['best_step']} of {sel['max_steps']} (best {sel['criterion']} "
-                    f"on {sel['heldout_rows']} held-out train rows, {100 * sel['best_metric']:.2f})"
-                )
+    rows = [(name, variant, r) for name, s in students.items() for variant, r in s["variants"].items()]
+    if any("picks" in r for _, _, r in rows):
+        print(f"\nWhich checkpoint each rule keeps (one selecting run; dev {metric} there):\n")
+        print("| student | run | rule | step | dev, last exit | dev, mean over exits |")
+        print("|---|---|---|---|---|---|")
+    for name, variant, r in rows:
+        for rule, pick in r.get("picks", {}).items():
+            dev = pick["dev_per_exit"]
+            print(f"| {name} | {variant} | {rule} | {pick['step']} | {dev[-1]:.2f} | {sum(dev) / len(dev):.2f} |")
     return report
 
 

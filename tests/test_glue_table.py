@@ -610,3 +610,9 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     assert final["selection"]["best_step"] == final["selection"]["evals"][last.index(max(last))]["step"]
     kept = next(e for e in final["selection"]["evals"] if e["step"] == final["selection"]["best_step"])
     assert final["per_exit_score"] == pytest.approx([100 * v for v in kept["watch_per_exit"]], abs=1e-4)
+    # One selecting run tells what each rule keeps: the heldout_final run's own pick is its "heldout_final" rule's.
+    rules = final["picks"]
+    assert rules["heldout_final"]["step"] == final["selection"]["best_step"]
+    assert rules["heldout_final"]["dev_per_exit"] == pytest.approx(final["per_exit_score"], abs=1e-4)
+    assert rules["heldout"]["step"] == variant["selection"]["best_step"] and rules["last"]["step"] == 6
+    assert rules["dev_final (oracle)"]["dev_per_exit"][-1] >= max(r["dev_per_exit"][-1] for r in rules.values())
