@@ -12,8 +12,9 @@ evaluates):
                   distilled from the TA (one head per layer per event, FFN interpolated, importance over every exit,
                   word embedding factorized by SVD at the last event to the rank that fits the parameter budget), then
                   recovery distillation from the TA: hidden states only, then per-exit predictions + hidden states
-                  (--final_selection heldout: that last stage holds 10% of train out, at most 2000 rows, and keeps
-                  its checkpoint with the best mean over exits on them, by Trainer's load_best_model_at_end);
+                  (--final_selection heldout / heldout_final: that last stage holds 10% of train out, at most 2000
+                  rows, and keeps its checkpoint with the best mean over exits / last exit on them, by Trainer's
+                  load_best_model_at_end);
   baselines       (SST-2 only, --baseline_tasks) DeeBERT, PABEE and static slenderization at the students' widths,
                   built by benchmarks/pareto.py's recipes.
 Then every finished stage is evaluated (cached too) and, with --write, docs/results/glue_table.json, a Pareto PNG per
@@ -341,8 +342,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--final_selection",
         choices=SELECTIONS,
         default="last",
-        help="the final recovery stage keeps its last checkpoint, or the best on held-out training rows (mean over "
-        "exits of the task's metric; those rows are left out of that stage's training)",
+        help="the final recovery stage keeps its last checkpoint, or the best on held-out training rows by the mean "
+        "over exits (heldout) or the last exit (heldout_final) of the task's metric; those rows are left out of that "
+        "stage's training",
     )
     p.add_argument("--importance_batches", type=int, default=8, help="training batches per importance estimate")
     p.add_argument("--max_metric_drop", type=float, default=0.01, help="allowed drop (main metric units) vs all layers")
@@ -517,7 +519,7 @@ class TaskData:
         train, _, _ = self.sets(tokenizer)
         n = min(HELDOUT_MAX_ROWS, max(1, round(HELDOUT_FRACTION * len(train))))
         if n >= len(train):
-            raise ValueError(f"--final_selection heldout: {len(train)} train rows are too few to hold {n} out")
+            raise ValueError(f"--final_selection: {len(train)} train rows are too few to hold {n} out")
         perm = np.random.default_rng(self.args.seed).permutation(len(train))
         return train.select(np.sort(perm[n:])), train.select(np.sort(perm[:n]))
 
@@ -1194,9 +1196,9 @@ class TaskRun:
     ) -> tuple:
         """``settings["epochs"]`` of KD from the TA (hidden states, + per-exit predictions when ``beta`` > 0).
 
-        With ``settings["selection"] == "heldout"`` the stage trains without the held-out rows
-        (:meth:`TaskData.heldout_split`) and keeps its checkpoint best on them (``Trainer``'s
-        ``load_best_model_at_end``). ``watch``: a set evaluated at the same steps and recorded, never selected on (the
+        With ``settings["selection"]`` ``"heldout"`` or ``"heldout_final"`` the stage trains without the held-out rows
+        (:meth:`TaskData.heldout_split`) and keeps its checkpoint best on them by the mean over exits or the last exit
+        (``Trainer``'s ``load_best_model_at_end``). ``watch``: a set evaluated at the same steps and recorded, never selected on (the
         probe's dev curve). Returns the model and what the selection found (``{}`` without one)."""
         ctx = pareto_context(
             self.data,
