@@ -4,9 +4,9 @@ The GLUE table's students are built in three stages (prune, hidden-state recover
 ``benchmarks/glue_table.py``). This probe takes a student the table has already built, and reports every exit's dev
 score after its hidden-state recovery (``hidden``), after the table's final stage (``recipe``), and after the final
 stage retrained from the same hidden-recovered model with one change (``lr=``, ``beta=`` the prediction-KD weight,
-``epochs=``, ``select=`` the checkpoint rule, ``last`` or ``heldout``: see glue_table's ``--final_selection``; join
-several with ``+``). Every retrained variant starts from the same seed as the table's stage, so
-``lr=<the table's --recover_lr>`` reproduces ``recipe``. A ``select=heldout`` variant also records the dev score at
+``epochs=``, ``select=`` the checkpoint rule, ``last``, ``heldout`` or ``heldout_final``: see glue_table's
+``--final_selection``; join several with ``+``). Every retrained variant starts from the same seed as the table's stage, so
+``lr=<the table's --recover_lr>`` reproduces ``recipe``. A held-out ``select=`` variant also records the dev score at
 each of its candidate checkpoints (recorded only: the choice is made on the held-out training rows), so the JSON
 shows whether the held-out rows rank the checkpoints as dev does.
 
@@ -201,8 +201,11 @@ PICK_RULES = {
 
 def picks(selection: dict) -> dict[str, dict]:
     """For each rule of ``PICK_RULES``, the step it keeps (the first of equal bests, as Trainer keeps) and the dev
-    score of every exit there, in GLUE units. Needs the recorded held-out and dev exits of every evaluation."""
+    score of every exit there, in GLUE units, over the evaluations with both held-out and dev exits recorded (a
+    variant resumed from a checkpoint has dev only after the resume); ``{}`` when there are none."""
     evals = [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+    if not evals:
+        return {}
     out = {}
     for rule, key in PICK_RULES.items():
         best = max(evals, key=key)  # max() keeps the first of equal keys
