@@ -520,8 +520,8 @@ class TaskData:
         n = min(HELDOUT_MAX_ROWS, max(1, round(HELDOUT_FRACTION * len(train))))
         if n >= len(train):
             raise ValueError(f"--final_selection: {len(train)} train rows are too few to hold {n} out")
-        perm = np.random.default_rng(self.args.seed).permutation(len(train))
-        return train.select(np.sort(perm[n:])), train.select(np.sort(perm[:n]))
+        heldout, fit = seeded_split(len(train), n, self.args.seed)
+        return train.select(fit), train.select(heldout)
 
     def metric_fn(self):
         task = self.task
@@ -533,12 +533,17 @@ class TaskData:
         return compute
 
 
+def seeded_split(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``range(n)`` in two fixed, disjoint parts of ``k`` and ``n - k`` indices (a seeded permutation, each sorted)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
 def dev_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two fixed, disjoint halves of ``range(n)`` (a seeded permutation, each half sorted)."""
     if n < 2:
         raise ValueError(f"the dev set needs at least 2 examples to be split in halves, got {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+    return seeded_split(n, n // 2, seed)
 
 
 # ---------------------------------------------------------------- training
@@ -583,20 +588,25 @@ def training_args(
     )
 
 
+def exit_metric(model, loader: DataLoader, task: str) -> list[float]:
+    """Every exit's score alone on ``loader``'s set, in the task's main metric (0-1 units)."""
+    main = get_task(task).main_metric
+    return [float(row[main]) for row in per_exit_metrics(collect_exit_logits(model, loader), task, model.config)]
+
+
 class WatchSet(TrainerCallback):
-    """After each evaluation, every exit's ``metric`` on another set (``loader``), recorded by step and never
+    """After each evaluation, every exit's main metric on another set (``loader``), recorded by step and never
     selected on. Under ``torch.random.fork_rng``: a DataLoader draws its seed from the global generator, so a run that
     watches trains exactly as one that does not."""
 
-    def __init__(self, loader: DataLoader, task: str, metric: str):
-        self.loader, self.task, self.metric = loader, task, metric
+    def __init__(self, loader: DataLoader, task: str):
+        self.loader, self.task = loader, task
         self.by_step: dict[int, list[float]] = {}
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if model is not None and state.global_step not in self.by_step:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                rows = per_exit_metrics(collect_exit_logits(model, self.loader), self.task, model.config)
-            self.by_step[state.global_step] = [float(row[self.metric]) for row in rows]
+                self.by_step[state.global_step] = exit_metric(model, self.loader, self.task)
         return control
 
 
@@ -1211,7 +1221,7 @@ class TaskRun:
         )
         main = self.data.spec.main_metric
         selection = settings.get("selection", "last")
-        eval_sets, added = None, []
+        eval_sets, trace, watcher = None, None, None
         if selection != "last":
             ctx["train"], heldout = self.data.heldout_split(tokenizer)
             per_exit = tuple(f"eval_heldout_exit{layer}_{main}" for layer in model.config.exit_layers)
@@ -1219,10 +1229,10 @@ class TaskRun:
             metric = (mean if selection == "heldout" else per_exit[-1]).removeprefix("eval_")
             ctx["training_args"] = lambda out, a, ep, lr: training_args(out, a, ep, lr, select_metric=metric)
             eval_sets = {"heldout": heldout}
-            added = [EvalTrace((mean, per_exit[-1]), per_exit)]
+            trace = EvalTrace((mean, per_exit[-1]), per_exit)
             if watch is not None:
                 loader = DataLoader(watch, batch_size=self.args.eval_batch_size, collate_fn=ctx["collator"])
-                added.append(WatchSet(loader, self.task, main))
+                watcher = WatchSet(loader, self.task)
         elif watch is not None:
             raise ValueError("distill: a watch set is evaluated only with a held-out selection")
         model = pareto.train_multi_exit(
@@ -1231,18 +1241,18 @@ class TaskRun:
             epochs=settings["epochs"],
             lr=settings["lr"],
             teacher=ta,
-            callbacks=[*(callbacks or []), *added],
+            callbacks=[*(callbacks or []), *(c for c in (trace, watcher) if c is not None)],
             eval_dataset=eval_sets,
             alpha=0.0,
             beta=beta,
             gamma=1.0,
         )
-        if not added:
+        if trace is None:
             return model, {}
-        result = {**added[0].result, "metric": main, "criterion": metric, "heldout_rows": len(heldout)}
-        if watch is not None:
+        result = {**trace.result, "metric": main, "criterion": metric, "heldout_rows": len(heldout)}
+        if watcher is not None:
             for row in result["evals"]:
-                row["watch_per_exit"] = added[1].by_step.get(row["step"])
+                row["watch_per_exit"] = watcher.by_step.get(row["step"])
                 row[f"watch_mean_exit_{main}"] = (
                     float(np.mean(row["watch_per_exit"])) if row["watch_per_exit"] is not None else None
                 )

@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue_table  # noqa: E402  (the table's stages, cache and recipe)
 
 from hf_costeff.data import get_task  # noqa: E402
-from hf_costeff.evaluation import collect_exit_logits, per_exit_metrics  # noqa: E402
 
 CACHED = ("hidden", "recipe")
 
@@ -111,9 +110,7 @@ def exit_scores(run: glue_table.TaskRun, model, tokenizer) -> list[float]:
     """Every exit's dev score alone, in GLUE units."""
     _, dev, collator = run.data.sets(tokenizer)
     loader = DataLoader(dev, batch_size=run.args.eval_batch_size, shuffle=False, collate_fn=collator)
-    main = get_task(run.task).main_metric
-    rows = per_exit_metrics(collect_exit_logits(model, loader), run.task, model.config)
-    return [100 * row[main] for row in rows]
+    return [100 * v for v in glue_table.exit_metric(model, loader, run.task)]
 
 
 def retrain(
