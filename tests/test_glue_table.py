@@ -311,6 +311,7 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     assert (tmp_path / "out" / "glue_table_sst2.png").stat().st_size > 0
     results_md = (tmp_path / "results.md").read_text()
     assert "glue_table:begin" in results_md
+    assert "](out/glue_table_sst2.png)" in results_md  # linked from the page's folder, wherever --output_dir is
     teacher_flops, exit1 = task["teacher"]["avg_flops"], small["per_exit_flops"][0]
     assert f"| costeff_small | {small['per_exit_score'][0]:.2f} ({teacher_flops / exit1:.1f}×) |" in results_md
 
