@@ -617,3 +617,66 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     assert rules["heldout_final"]["dev_per_exit"] == pytest.approx(final["per_exit_score"], abs=1e-4)
     assert rules["heldout"]["step"] == variant["selection"]["best_step"] and rules["last"]["step"] == 6
     assert rules["dev_final (oracle)"]["dev_per_exit"][-1] >= max(r["dev_per_exit"][-1] for r in rules.values())
+
+
+def test_heldout_from_students_keeps_the_rows_out_of_the_ta_and_every_student_stage(
+    tmp_path, glue_dir, minilm_tokenizer, monkeypatch, capsys
+):
+    """--heldout_from final: only the final stage trains without the held-out rows (the TA, pruning and hidden
+    recovery fit them). --heldout_from students: none of those stages sees them; the teacher is the same."""
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data, "stsb", train=60, dev=40)
+    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=2, num_labels=1)
+    table = [
+        "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--budgets", "small=2:16:p0.6",
+        "--max_steps", "2", "--batch_size", "8", "--ablation_tasks", "", "--cache_dir", str(tmp_path / "cache"),
+        "--exit_pooling", "mean", "--stages", "teacher,ta,students", "--final_selection", "heldout_final",
+    ]  # fmt: skip
+    args = glue_table.parse_args(table)
+    _, heldout = glue_table.TaskData("stsb", args, minilm_tokenizer).heldout_split()
+    held = {tuple(ids) for ids in heldout["input_ids"]}
+    seen = []  # (stage, number of training rows, how many of them are held-out rows)
+    real_ta, real_train = glue_table.pareto.build_ta, glue_table.pareto.train_multi_exit
+
+    def record(stage, ctx):
+        rows = [tuple(ids) for ids in ctx["train"]["input_ids"]]
+        seen.append((stage, len(rows), sum(row in held for row in rows)))
+
+    def spy_ta(ctx, teacher):
+        record("ta", ctx)
+        return real_ta(ctx, teacher)
+
+    def spy_train(model, ctx, **kwargs):
+        record("student", ctx)
+        return real_train(model, ctx, **kwargs)
+
+    monkeypatch.setattr(glue_table.pareto, "build_ta", spy_ta)
+    monkeypatch.setattr(glue_table.pareto, "train_multi_exit", spy_train)
+    keys = {}
+    for scope in ("final", "students"):
+        seen.clear()
+        glue_table.main([*table, "--heldout_from", scope])
+        run = glue_table.TaskRun(
+            "stsb", glue_table.parse_args([*table, "--heldout_from", scope]), bert, minilm_tokenizer
+        )
+        run.run()
+        keys[scope] = (
+            run.models["teacher"]["key"],
+            run.models["costeff_ta"]["key"],
+            run.models["costeff_small"]["key"],
+        )
+        stages = [stage for stage, _, _ in seen]
+        assert stages[0] == "ta" and stages[-3:] == ["student"] * 3  # TA, then prune, hidden and final stages
+        final = seen[-1]
+        assert final[1:] == (60 - len(held), 0)
+        before = {(n, overlap) for stage, n, overlap in seen[:-1] if stage == "student" or stage == "ta"}
+        assert before == ({(60, len(held))} if scope == "final" else {(60 - len(held), 0)})
+        recipe = run.cache.meta(keys[scope][2])["recipe"]
+        held_out_of = "it" if scope == "final" else "the TA and every student stage"
+        assert recipe.endswith(f"on {len(held)} train rows held out of {held_out_of}")
+    assert keys["final"][0] == keys["students"][0]  # the same teacher, trained on every row
+    assert keys["final"][1] != keys["students"][1] and keys["final"][2] != keys["students"][2]
+
+    with pytest.raises(SystemExit) as exit_info:
+        glue_table.parse_args([*table[:-2], "--heldout_from", "students"])
+    assert exit_info.value.code == 2 and "--heldout_from" in capsys.readouterr().err
