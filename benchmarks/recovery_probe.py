@@ -210,6 +210,26 @@ def picks(selection: dict) -> dict[str, dict]:
     return out
 
 
+def agreement(selection: dict) -> dict | None:
+    """How far the held-out rows can stand in for dev in one selecting run, by the last exit at every candidate
+    with both recorded: the Spearman rank correlation of the two curves (a rule only needs the ranking), and their
+    mean levels in GLUE units (held-out rows that earlier stages trained on score above dev). ``None`` with fewer
+    than 3 such candidates."""
+    from scipy.stats import spearmanr  # noqa: PLC0415
+
+    evals = [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+    if len(evals) < 3:
+        return None
+    heldout = [e["heldout_per_exit"][-1] for e in evals]
+    dev = [e["watch_per_exit"][-1] for e in evals]
+    return {
+        "candidates": len(evals),
+        "spearman_last_exit": float(spearmanr(heldout, dev)[0]),
+        "heldout_last_exit_mean": 100 * float(np.mean(heldout)),
+        "dev_last_exit_mean": 100 * float(np.mean(dev)),
+    }
+
+
 def plot(task: str, metric: str, students: dict, path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
@@ -263,6 +283,7 @@ def main(argv=None) -> dict:
         for r in result["variants"].values():
             if "selection" in r:
                 r["picks"] = picks(r["selection"])
+                r["agreement"] = agreement(r["selection"])
     metric = get_task(args.task).main_metric
     report = {
         "task": args.task,
@@ -293,6 +314,14 @@ def main(argv=None) -> dict:
         for rule, pick in r.get("picks", {}).items():
             dev = pick["dev_per_exit"]
             print(f"| {name} | {variant} | {rule} | {pick['step']} | {dev[-1]:.2f} | {sum(dev) / len(dev):.2f} |")
+    for name, variant, r in rows:
+        if r.get("agreement"):
+            a = r["agreement"]
+            print(
+                f"{name} {variant}: held-out rows vs dev at the last exit over {a['candidates']} candidates: "
+                f"Spearman {a['spearman_last_exit']:.2f}, mean {a['heldout_last_exit_mean']:.2f} vs "
+                f"{a['dev_last_exit_mean']:.2f}"
+            )
     return report
 
 

@@ -612,6 +612,7 @@ def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glu
     kept = next(e for e in final["selection"]["evals"] if e["step"] == final["selection"]["best_step"])
     assert final["per_exit_score"] == pytest.approx([100 * v for v in kept["watch_per_exit"]], abs=1e-4)
     # One selecting run tells what each rule keeps: the heldout_final run's own pick is its "heldout_final" rule's.
+    assert final["agreement"]["candidates"] == 6  # every candidate has both curves recorded
     rules = final["picks"]
     assert rules["heldout_final"]["step"] == final["selection"]["best_step"]
     assert rules["heldout_final"]["dev_per_exit"] == pytest.approx(final["per_exit_score"], abs=1e-4)
@@ -680,3 +681,23 @@ def test_heldout_from_students_keeps_the_rows_out_of_the_ta_and_every_student_st
     with pytest.raises(SystemExit) as exit_info:
         glue_table.parse_args([*table[:-2], "--heldout_from", "students"])
     assert exit_info.value.code == 2 and "--heldout_from" in capsys.readouterr().err
+
+
+def test_recovery_probe_agreement_ranks_the_two_curves():
+    """The held-out rows stand in for dev by their ranking of the candidates: Spearman +1 when both curves rise
+    together, -1 when one falls as the other rises; candidates without dev recorded are skipped."""
+    import recovery_probe  # noqa: PLC0415
+
+    def selection(heldout, dev):
+        evals = [
+            {"step": i + 1, "heldout_per_exit": [0.1, h], "watch_per_exit": d}
+            for i, (h, d) in enumerate(zip(heldout, dev, strict=True))
+        ]
+        return {"evals": evals}
+
+    same = recovery_probe.agreement(selection([0.5, 0.7, 0.6, 0.9], [[0, 0.2], [0, 0.4], [0, 0.3], [0, 0.5]]))
+    assert same["spearman_last_exit"] == pytest.approx(1.0) and same["candidates"] == 4
+    assert same["heldout_last_exit_mean"] == pytest.approx(67.5) and same["dev_last_exit_mean"] == pytest.approx(35.0)
+    opposite = recovery_probe.agreement(selection([0.5, 0.7, 0.6], [[0, 0.4], [0, 0.2], [0, 0.3]]))
+    assert opposite["spearman_last_exit"] == pytest.approx(-1.0)
+    assert recovery_probe.agreement(selection([0.5, 0.7, 0.6], [[0, 0.4], None, [0, 0.3]])) is None  # 2 with dev
