@@ -549,20 +549,27 @@ def test_heldout_split_is_fixed_disjoint_and_sized(tmp_path, glue_dir, minilm_to
     assert again_heldout["input_ids"] == heldout["input_ids"] and again_fit["input_ids"] == fit["input_ids"]
 
 
+def _tiny_stsb_table(tmp_path, glue_dir, tokenizer, *, layers: int, max_steps: int) -> tuple[str, list[str]]:
+    """A tiny BERT and glue_table's options for one small student on a 60-row STS-B (the held-out rule's tests)."""
+    data = tmp_path / "glue"
+    _write_tiny_glue(glue_dir, data, "stsb", train=60, dev=40)
+    bert = save_tiny_bert(tmp_path / "tiny-bert", tokenizer, num_hidden_layers=layers, num_labels=1)
+    table = [
+        "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--budgets", "small=2:16:p0.6",
+        "--max_steps", str(max_steps), "--batch_size", "8", "--ablation_tasks", "",
+        "--cache_dir", str(tmp_path / "cache"), "--exit_pooling", "mean",
+    ]  # fmt: skip
+    return bert, table
+
+
 def test_final_selection_keeps_the_checkpoint_best_on_heldout_rows(tmp_path, glue_dir, minilm_tokenizer, capsys):
     """--final_selection heldout: the final stage evaluates on train rows it does not train on and keeps the best
     checkpoint (mean over exits); only that stage's key changes. The probe's select=heldout variant also records dev
     at every candidate, and its kept model's dev scores are those of the chosen step."""
     import recovery_probe  # noqa: PLC0415
 
-    data = tmp_path / "glue"
-    _write_tiny_glue(glue_dir, data, "stsb", train=60, dev=40)
-    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=3, num_labels=1)
-    table = [
-        "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--budgets", "small=2:16:p0.6",
-        "--max_steps", "6", "--batch_size", "8", "--ablation_tasks", "", "--cache_dir", str(tmp_path / "cache"),
-        "--exit_pooling", "mean", "--recover_lr", "0.01",
-    ]  # fmt: skip
+    bert, table = _tiny_stsb_table(tmp_path, glue_dir, minilm_tokenizer, layers=3, max_steps=6)
+    table += ["--recover_lr", "0.01"]
     glue_table.main([*table, "--stages", "teacher,ta,students"])
     chosen = glue_table.main([*table, "--stages", "teacher,ta,students", "--final_selection", "heldout"])
     keys = {}
@@ -625,14 +632,8 @@ def test_heldout_from_students_keeps_the_rows_out_of_the_ta_and_every_student_st
 ):
     """--heldout_from final: only the final stage trains without the held-out rows (the TA, pruning and hidden
     recovery fit them). --heldout_from students: none of those stages sees them; the teacher is the same."""
-    data = tmp_path / "glue"
-    _write_tiny_glue(glue_dir, data, "stsb", train=60, dev=40)
-    bert = save_tiny_bert(tmp_path / "tiny-bert", minilm_tokenizer, num_hidden_layers=2, num_labels=1)
-    table = [
-        "--model_name_or_path", bert, "--glue_dir", str(data), "--tasks", "stsb", "--budgets", "small=2:16:p0.6",
-        "--max_steps", "2", "--batch_size", "8", "--ablation_tasks", "", "--cache_dir", str(tmp_path / "cache"),
-        "--exit_pooling", "mean", "--stages", "teacher,ta,students", "--final_selection", "heldout_final",
-    ]  # fmt: skip
+    bert, table = _tiny_stsb_table(tmp_path, glue_dir, minilm_tokenizer, layers=2, max_steps=2)
+    table += ["--stages", "teacher,ta,students", "--final_selection", "heldout_final"]
     args = glue_table.parse_args(table)
     _, heldout = glue_table.TaskData("stsb", args, minilm_tokenizer).heldout_split()
     held = {tuple(ids) for ids in heldout["input_ids"]}
