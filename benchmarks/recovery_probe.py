@@ -196,11 +196,16 @@ PICK_RULES = {
 }
 
 
+def recorded(selection: dict) -> list[dict]:
+    """The evaluations of a selecting run with both held-out and dev exits recorded (a variant resumed from a
+    checkpoint has dev only after the resume)."""
+    return [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+
+
 def picks(selection: dict) -> dict[str, dict]:
     """For each rule of ``PICK_RULES``, the step it keeps (the first of equal bests, as Trainer keeps) and the dev
-    score of every exit there, in GLUE units, over the evaluations with both held-out and dev exits recorded (a
-    variant resumed from a checkpoint has dev only after the resume); ``{}`` when there are none."""
-    evals = [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+    score of every exit there, in GLUE units, over the :func:`recorded` evaluations; ``{}`` when there are none."""
+    evals = recorded(selection)
     if not evals:
         return {}
     out = {}
@@ -217,7 +222,7 @@ def agreement(selection: dict) -> dict | None:
     than 3 such candidates."""
     from scipy.stats import spearmanr  # noqa: PLC0415
 
-    evals = [e for e in selection["evals"] if e.get("watch_per_exit") and None not in e["heldout_per_exit"]]
+    evals = recorded(selection)
     if len(evals) < 3:
         return None
     heldout = [e["heldout_per_exit"][-1] for e in evals]
