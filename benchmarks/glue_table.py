@@ -1621,11 +1621,21 @@ def exit_lines(t: dict) -> list[str]:
     return lines
 
 
+def heading(report: dict) -> str:
+    """The section's title. A page that covers some tasks on purpose (a probe's page) is not pending work: the
+    title says which tasks it covers, and calls the table PARTIAL only while a stage of those tasks is missing."""
+    notes = []
+    if any(t["pending"] or t["teacher"] is None for t in report["tasks"].values()):
+        notes.append("PARTIAL: stages still pending")
+    if set(report["tasks"]) != set(TASKS):
+        notes.append(", ".join(t for t in TASKS if t in report["tasks"]) + " only")
+    return "## GLUE table against fully trained teachers" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def markdown(report: dict, plots: str = "results") -> str:
     """The page's generated section; `plots` is the PNGs' folder relative to the page."""
     lines = [
-        "## GLUE table against fully trained teachers"
-        + (" (PARTIAL: stages still pending)" if report["partial"] else ""),
+        heading(report),
         "",
         f"Generated {report['date']} by `{report['command']}` from the stage cache; machine: {report['machine']}. "
         f"Scores on the task's GLUE dev set in GLUE units (0-100): each exiting model's threshold is calibrated on "

@@ -416,6 +416,18 @@ def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir,
     assert "PARTIAL" in (tmp_path / "results.md").read_text()
 
 
+def test_heading_says_partial_only_while_a_stage_is_pending():
+    built = {"pending": {}, "teacher": {"score": 1.0}}
+    every = {task: dict(built) for task in glue_table.TASKS}
+    assert glue_table.heading({"tasks": every}) == "## GLUE table against fully trained teachers"
+    some = {"cola": dict(built), "sst2": dict(built)}  # a page over two tasks, in the table's task order
+    assert glue_table.heading({"tasks": some}).endswith("(sst2, cola only)")
+    some["cola"] = {"pending": {"costeff_eighth_x2": "not built yet"}, "teacher": {"score": 1.0}}
+    assert glue_table.heading({"tasks": some}).endswith("(PARTIAL: stages still pending; sst2, cola only)")
+    every["rte"] = {"pending": {}, "teacher": None}
+    assert glue_table.heading({"tasks": every}).endswith("(PARTIAL: stages still pending)")
+
+
 def test_targets_with_nothing_measured_are_not_met():
     """An all-pending report must not read as a kept promise (no model measured is not "no violation")."""
     report = {"tasks": {"sst2": {"teacher": None, "models": [], "matched_flops": {}}}}
