@@ -1621,13 +1621,21 @@ def exit_lines(t: dict) -> list[str]:
     return lines
 
 
+def coverage(tasks: dict) -> tuple[bool, bool]:
+    """(a stage of these tasks is still pending, some of the five tasks are not in the report): the two ways a
+    report falls short of the full table, which `report["partial"]` joins and the heading tells apart."""
+    pending = any(t["pending"] or t["teacher"] is None for t in tasks.values())
+    return pending, set(tasks) != set(TASKS)
+
+
 def heading(report: dict) -> str:
     """The section's title. A page that covers some tasks on purpose (a probe's page) is not pending work: the
     title says which tasks it covers, and calls the table PARTIAL only while a stage of those tasks is missing."""
+    pending, some_tasks = coverage(report["tasks"])
     notes = []
-    if any(t["pending"] or t["teacher"] is None for t in report["tasks"].values()):
+    if pending:
         notes.append("PARTIAL: stages still pending")
-    if set(report["tasks"]) != set(TASKS):
+    if some_tasks:
         notes.append(", ".join(t for t in TASKS if t in report["tasks"]) + " only")
     return "## GLUE table against fully trained teachers" + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -1847,9 +1855,7 @@ def main(argv=None) -> dict:
     if args.write and previous.exists():  # a run over some tasks keeps the others' last results
         kept = json.loads(previous.read_text()).get("tasks", {})
         report["tasks"] = {t: report["tasks"].get(t, kept.get(t)) for t in TASKS if t in report["tasks"] or t in kept}
-    report["partial"] = set(report["tasks"]) != set(TASKS) or any(
-        t["pending"] or t["teacher"] is None for t in report["tasks"].values()
-    )
+    report["partial"] = any(coverage(report["tasks"]))
     report["targets"] = targets(report, args.budgets)
     if args.write:
         write_outputs(report, args)
