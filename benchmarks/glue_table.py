@@ -236,7 +236,10 @@ class Budget:
     student's stages (and its static baseline's) train that many times the task's epochs. The paper's schedule grows
     as the budget shrinks (keep 2 heads: SST-2 5 + 10 + 6 epochs, against 3 + 8 + 3 keeping 6). ``deep_exits``: the
     exits' prediction losses are weighted by depth (exit ``k`` of ``n`` by ``n k / sum(1..n)``, as PABEE weights them)
-    instead of the paper's plain sum, so a small student's early exits take less of its last layers' capacity."""
+    instead of the paper's plain sum, so a small student's early exits take less of its last layers' capacity.
+    ``seed``: the student's stages train with this seed instead of --seed (their initial pruning draws, data order and
+    dropout), on the same teacher, TA, held-out rows and dev halves, so a recipe's spread over student runs is measured
+    apart from its teacher's."""
 
     name: str
     heads: int
@@ -246,15 +249,18 @@ class Budget:
     trim: bool = False
     epochs_scale: float = 1.0
     deep_exits: bool = False
+    seed: int | None = None
 
     def settings(self) -> dict:
-        """The budget as a stage key's settings. ``epochs_scale`` and ``deep_exits`` joined later; left out at their
-        defaults, so stages built before them keep their keys (and their cache)."""
+        """The budget as a stage key's settings. ``epochs_scale``, ``deep_exits`` and ``seed`` joined later; left out
+        at their defaults, so stages built before them keep their keys (and their cache)."""
         out = asdict(self)
         if self.epochs_scale == 1.0:
             del out["epochs_scale"]
         if not self.deep_exits:
             del out["deep_exits"]
+        if self.seed is None:
+            del out["seed"]
         return out
 
     def static_twin(self) -> tuple:
@@ -264,31 +270,35 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """``name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep]``, e.g.
-        ``eighth=2:256:p0.125:trim:x2``."""
+        """``name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep][:s<seed>]``, e.g.
+        ``eighth=2:256:p0.125:trim:x2`` or, the same student trained with seed 44, ``eighth_s44=2:256:p0.125:trim:x2:s44``."""
         try:
             name, spec = text.split("=", 1)
             parts = spec.split(":")
             heads, ffn, emb = int(parts[0]), int(parts[1]), parts[2]
             flags = parts[3:]
             scales = [float(flag[1:]) for flag in flags if flag.startswith("x")]
-            if any(flag not in ("trim", "deep") and not flag.startswith("x") for flag in flags) or emb[0] not in "rp":
+            seeds = [int(flag[1:]) for flag in flags if flag.startswith("s")]
+            if any(flag not in ("trim", "deep") and flag[:1] not in ("x", "s") for flag in flags) or emb[0] not in "rp":
                 raise ValueError
-            if len(scales) > 1:
+            if len(scales) > 1 or len(seeds) > 1:
                 raise ValueError
             rank = int(emb[1:]) if emb[0] == "r" else None
             fraction = float(emb[1:]) if emb[0] == "p" else None
         except (ValueError, IndexError):
             raise ValueError(
                 f"--budgets: bad budget {text!r}; expected "
-                "name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep]"
+                "name=heads:ffn:r<rank>|p<fraction>[:trim][:x<epochs scale>][:deep][:s<seed>]"
             ) from None
         scale = scales[0] if scales else 1.0
         if heads < 1 or ffn < 1 or (rank is not None and rank < 1) or (fraction is not None and not 0 < fraction <= 1):
             raise ValueError(f"--budgets: {text!r} needs heads, ffn, rank >= 1 and a fraction in (0, 1]")
         if not scale > 0:
             raise ValueError(f"--budgets: {text!r} needs an epochs scale x<factor> above 0")
-        return cls(name, heads, ffn, rank, fraction, "trim" in flags, scale, "deep" in flags)
+        if seeds and seeds[0] < 0:
+            raise ValueError(f"--budgets: {text!r} needs a seed s<seed> of at least 0")
+        seed = seeds[0] if seeds else None
+        return cls(name, heads, ffn, rank, fraction, "trim" in flags, scale, "deep" in flags, seed)
 
 
 def _budget_tasks(text: str | None, names: list[str]) -> dict[str, list[str]]:
@@ -322,7 +332,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--budgets",
         default=DEFAULT_BUDGETS,
-        help="name=heads:ffn:r<rank>|p<params fraction>[:trim][:x<epochs scale>][:deep],...",
+        help="name=heads:ffn:r<rank>|p<params fraction>[:trim][:x<epochs scale>][:deep][:s<student seed>],...",
     )
     p.add_argument(
         "--budget_tasks",
@@ -689,12 +699,23 @@ def run_trainer(trainer: Trainer, work: Path) -> float:
     return trainer.train(resume_from_checkpoint=last).training_loss
 
 
-def pareto_context(data: TaskData, args, work: Path, model_path: str, *, epochs: float, lr: float, tokenizer=None):
-    """The ``ctx`` benchmarks/pareto.py's recipes take, with this benchmark's Trainer settings and checkpoints."""
+def pareto_context(
+    data: TaskData,
+    args,
+    work: Path,
+    model_path: str,
+    *,
+    epochs: float,
+    lr: float,
+    tokenizer=None,
+    seed: int | None = None,
+):
+    """The ``ctx`` benchmarks/pareto.py's recipes take, with this benchmark's Trainer settings and checkpoints
+    (``seed``: the stage's own, see :func:`stage_seed`; --seed without one)."""
     train, _, collator = data.sets(tokenizer)
     stage_args = argparse.Namespace(
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=args.seed if seed is None else seed,
         epochs=epochs,
         teacher_epochs=epochs,
         lr=lr,
@@ -964,6 +985,12 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
     }
 
 
+def stage_seed(settings: dict, default: int) -> int:
+    """The seed a stage trains with: its budget's own (``Budget.seed``) if it has one, else ``default`` (--seed)."""
+    budget = settings.get("budget") or {}
+    return default if budget.get("seed") is None else budget["seed"]
+
+
 # ---------------------------------------------------------------- one task
 
 
@@ -1005,7 +1032,7 @@ class TaskRun:
             self.pending[name] = "not built yet" + self.progress(key)
             return None
         log.info("[%s] %s: building %s", self.task, name, key)
-        set_seed(self.args.seed)
+        set_seed(stage_seed(settings, self.args.seed))
         meta = self.cache.build(key, lambda out: build(self.cache.work_dir(key), out), parents)
         log.info("[%s] %s done in %.0f s", self.task, name, meta["wall_seconds"])
         return key
@@ -1250,6 +1277,7 @@ class TaskRun:
             epochs=settings["epochs"],
             lr=settings["lr"],
             tokenizer=tokenizer,
+            seed=stage_seed(settings, self.args.seed),
         )
         main = self.data.spec.main_metric
         selection = settings.get("selection", "last")
@@ -1359,6 +1387,7 @@ class TaskRun:
                     epochs=st["epochs"],
                     lr=st["lr"],
                     tokenizer=tokenizer,
+                    seed=stage_seed(st, args.seed),
                 )
                 model, meta = pareto.build_static(ctx, teacher, (b.heads, b.ffn, rank))
                 model.save_pretrained(out)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import save_tiny_bert, tiny_config
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -231,8 +232,15 @@ def test_budget_parsing_and_rank_fit():
     long = glue_table.Budget.parse("eighth=2:256:p0.125:trim:x2")
     assert long.epochs_scale == 2.0 and long.trim and long.settings()["epochs_scale"] == 2.0
     assert glue_table.Budget.parse("e=2:256:r8:x1.5").epochs_scale == 1.5
+    # A student seed is in the key only when given, and only a budget's own seed overrides --seed.
+    seeded = glue_table.Budget.parse("e=4:128:p0.125:trim:x2:s44")
+    assert (seeded.seed, seeded.epochs_scale, seeded.trim, b.seed) == (44, 2.0, True, None)
+    assert seeded.settings()["seed"] == 44 and "seed" not in b.settings()
+    assert glue_table.stage_seed({"budget": seeded.settings()}, 42) == 44
+    assert glue_table.stage_seed({"budget": b.settings()}, 42) == glue_table.stage_seed({"epochs": 1}, 42) == 42
+    assert glue_table.stage_seed({"budget": glue_table.Budget.parse("e=2:16:r4:s0").settings()}, 42) == 0
     bad_budgets = ("x=2:256", "x=2:256:q3", "x=0:256:r4", "x=2:256:p2", "x=2:256:r4:fast", "x=2:256:r4:x0")
-    for bad in bad_budgets + ("x=2:256:r4:x", "x=2:256:r4:x2:x3"):
+    for bad in bad_budgets + ("x=2:256:r4:x", "x=2:256:r4:x2:x3", "x=2:256:r4:s", "x=2:256:r4:s1:s2", "x=2:256:r4:s-1"):
         with pytest.raises(ValueError, match="--budgets"):
             glue_table.Budget.parse(bad)
     names = ["eighth", "eighth_x2"]
@@ -383,6 +391,32 @@ def test_ablation_variants_build_and_report(tmp_path, glue_dir, tiny_bert):
         rows["abl_rank_only"]["heads"] == [4, 4] and rows["abl_rank_only"]["embedding_rank"] == small["embedding_rank"]
     )
     assert rows["abl_no_ta"]["params"] == small["params"] == rows["abl_one_shot"]["params"]
+
+
+def _student_weights(cache: Path, name: str) -> dict[str, torch.Tensor]:
+    (path,) = cache.glob(f"sst2_*/{name}-*/model.safetensors")
+    return load_file(path)
+
+
+def test_a_budget_seed_trains_its_own_student_on_the_shared_teacher_and_ta(tmp_path, glue_dir, tiny_bert):
+    """``:s<seed>`` reruns a student with another seed on the cached teacher and TA; the same seed as --seed gives
+    the same student, so the flag changes the seed and nothing else."""
+    data, cache = tmp_path / "glue", tmp_path / "cache"
+    _write_tiny_glue(glue_dir, data)
+    glue_table.main(
+        [
+            "--model_name_or_path", tiny_bert, "--glue_dir", str(data), "--tasks", "sst2", "--seed", "42",
+            "--budgets", "small=2:16:p0.6,small_s42=2:16:p0.6:s42,small_s7=2:16:p0.6:s7", "--stages",
+            "teacher,ta,students", "--baseline_tasks", "", "--ablation_tasks", "", "--max_steps", "4",
+            "--batch_size", "8", "--cache_dir", str(cache), "--exit_pooling", "mean",
+        ]
+    )  # fmt: skip
+    assert len(list(cache.glob("sst2_*/teacher-*"))) == len(list(cache.glob("sst2_*/costeff_ta-*"))) == 1
+    plain, same, other = (_student_weights(cache, f"costeff_{n}") for n in ("small", "small_s42", "small_s7"))
+    assert plain.keys() == same.keys() == other.keys()
+    # Same seed, same code path, same process: equal up to float rounding.
+    assert all(torch.allclose(plain[k], same[k], atol=1e-6, rtol=0) for k in plain)
+    assert max((plain[k] - other[k]).abs().max().item() for k in plain) > 1e-4
 
 
 def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir, tiny_bert, monkeypatch):
