@@ -55,6 +55,7 @@ import json
 import logging
 import math
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -502,7 +503,8 @@ def machine() -> str:
 
 
 def command_line() -> str:
-    return "python benchmarks/glue_table.py " + " ".join(sys.argv[1:])
+    """The command as a shell would need it typed: quoted, so an empty value (``--ablation_tasks ''``) survives."""
+    return "python benchmarks/glue_table.py " + shlex.join(sys.argv[1:])
 
 
 # ---------------------------------------------------------------- data

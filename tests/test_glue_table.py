@@ -4,6 +4,7 @@ threshold calibrated on it, a fully cached rerun trains nothing, and the JSON ha
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -417,6 +418,14 @@ def test_a_budget_seed_trains_its_own_student_on_the_shared_teacher_and_ta(tmp_p
     # Same seed, same code path, same process: equal up to float rounding.
     assert all(torch.allclose(plain[k], same[k], atol=1e-6, rtol=0) for k in plain)
     assert max((plain[k] - other[k]).abs().max().item() for k in plain) > 1e-4
+
+
+def test_the_recorded_command_can_be_pasted_back(monkeypatch):
+    argv = ["--tasks", "sst2", "--ablation_tasks", "", "--budgets", "a=2:16:r4", "--output_dir", "my results"]
+    monkeypatch.setattr(sys, "argv", ["benchmarks/glue_table.py", *argv])
+    line = glue_table.command_line()
+    assert "--ablation_tasks '' " in line and "'my results'" in line
+    assert shlex.split(line)[2:] == argv
 
 
 def test_no_train_on_an_empty_cache_lists_everything_pending(tmp_path, glue_dir, tiny_bert, monkeypatch):
