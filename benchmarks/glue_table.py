@@ -238,9 +238,9 @@ class Budget:
     as the budget shrinks (keep 2 heads: SST-2 5 + 10 + 6 epochs, against 3 + 8 + 3 keeping 6). ``deep_exits``: the
     exits' prediction losses are weighted by depth (exit ``k`` of ``n`` by ``n k / sum(1..n)``, as PABEE weights them)
     instead of the paper's plain sum, so a small student's early exits take less of its last layers' capacity.
-    ``seed``: the student's stages train with this seed instead of --seed (their initial pruning draws, data order and
-    dropout), on the same teacher, TA, held-out rows and dev halves, so a recipe's spread over student runs is measured
-    apart from its teacher's."""
+    ``seed``: the student's stages (and its static twin) train with this seed instead of --seed (``set_seed`` and the
+    Trainer's seed: data order, dropout), on the same teacher, TA, held-out rows and dev halves, so a recipe's spread
+    over student runs is measured apart from its teacher's."""
 
     name: str
     heads: int
