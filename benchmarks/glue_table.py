@@ -88,6 +88,7 @@ from hf_costeff.evaluation import (
     default_regression_thresholds,
     default_thresholds,
     logits_to_predictions,
+    paired_bootstrap,
     per_exit_flops,
     per_exit_metrics,
     simulate_early_exit,
@@ -386,6 +387,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="cap every training stage (throughput probes only)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--eval_batch_size", type=int, default=128)
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples of dev for each model's 95%% interval of score and retention, paired with the teacher (0: none)",
+    )
     p.add_argument("--save_steps", type=int, default=200, help="Trainer checkpoint period in steps")
     p.add_argument(
         "--save_minutes", type=float, default=10.0, help="... and in wall minutes (a starved run still saves)"
@@ -412,6 +419,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.recover_hidden_epochs = _per_task(args.recover_hidden_epochs, RECOVER_HIDDEN_EPOCHS, float)
     except ValueError as error:
         p.error(str(error))
+    if args.bootstrap < 0:
+        p.error(f"--bootstrap: resamples must be 0 (no intervals) or more, got {args.bootstrap}")
     if not args.budgets:
         p.error("--budgets: give at least one budget")
     if args.heldout_from != "final" and args.final_selection == "last":
@@ -912,6 +921,7 @@ def halves_report(
         "metric": metrics[main],
         "avg_flops": average_flops(config, layers.tolist(), preds.lengths.tolist()),
         "avg_exit_layer": float(layers.float().mean()),
+        "predictions": predictions,
     }
 
 
@@ -954,6 +964,9 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
         else None
     )
     reported = report or full
+    # Each dev row's reported prediction (and its label), for the paired bootstrap against the teacher: cached with the
+    # evaluation, left out of the JSON.
+    predictions = report["predictions"] if report else simulate_early_exit(preds, config, "none", None)[1]
     sweep = []
     if exits:
         if regression:  # two parameters: every (patience, agreement threshold) pair, kept as its frontier below
@@ -984,7 +997,17 @@ def evaluate_model(model, dev, collator, task: str, kind: str, criterion: str, h
         "per_exit_score": [100 * v for v in per_exit],
         "per_exit_flops": per_exit_flops(preds, config),
         "sweep": pareto.frontier(points) if regression else points,
+        "predictions": predictions.tolist(),
+        "labels": preds.labels.tolist(),
     }
+
+
+def bootstrap_intervals(task: str, predictions, teacher_predictions, labels, resamples: int, seed: int) -> dict:
+    """95% intervals of a model's reported score and of its retention of the teacher's, in the table's units (GLUE
+    0-100 and %), from ``hf_costeff.evaluation.paired_bootstrap`` over the dev rows (the same resamples for both)."""
+    ci = paired_bootstrap(task, predictions, teacher_predictions, labels, resamples=resamples, seed=seed)
+    scale = lambda pair: None if pair is None else [100 * pair[0], 100 * pair[1]]  # noqa: E731
+    return {"score": scale(ci["metric"]), "retention": scale(ci["ratio"]), "resamples": resamples}
 
 
 def stage_seed(settings: dict, default: int) -> int:
@@ -1422,12 +1445,14 @@ class TaskRun:
                     # 5: the calibration stops before the first threshold that breaks the drop (was: the cheapest
                     # that passed, often a lucky one past a cliff).
                     # 6: every exit's FLOPs ("per_exit_flops") is recorded next to its score.
-                    "v": 6,
+                    # 7: each row's reported prediction is cached, for the bootstrap intervals.
+                    "v": 7,
                     # A regression task's models exit by calibrated patience since this field; before, every layer.
                     **({"regression_exit": "patience"} if spec.num_labels == 1 else {}),
                 }
             ).encode()
         ).hexdigest()[:8]
+        rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, info in self.models.items():
             key = info["key"]
             if key is None:
@@ -1452,7 +1477,8 @@ class TaskRun:
                 cached["heads"] = getattr(model.config, "layer_num_heads", None)
                 cached["ffn"] = getattr(model.config, "layer_intermediate_sizes", None)
                 self.cache.write_json(f"eval-{key}-{eval_tag}.json", cached)
-            entry = {"name": name, **cached}
+            rows[name] = (np.asarray(cached["predictions"]), np.asarray(cached["labels"]))
+            entry = {"name": name, **{k: v for k, v in cached.items() if k not in ("predictions", "labels")}}
             if cached.get("halves"):  # rendered now, not cached: the wording may change without re-evaluating
                 entry["policy"] = policy_text(cached["criterion"], {"parts": cached["halves"]})
             if info["kind"] == "teacher":
@@ -1467,6 +1493,12 @@ class TaskRun:
                 m["retention"] = 100 * m["score"] / t["score"] if t["score"] > 0 else None
                 m["params_ratio"] = t["params"] / m["params"]
                 m["flops_ratio"] = t["avg_flops"] / m["avg_flops"]
+            if self.args.bootstrap:
+                teacher_predictions, labels = rows["teacher"]
+                for m in out["models"] + out["ablation"]:
+                    m["ci95"] = bootstrap_intervals(
+                        task, rows[m["name"]][0], teacher_predictions, labels, self.args.bootstrap, self.args.seed
+                    )
         return out
 
     def stage_timings(self, key: str) -> list[dict]:
@@ -1621,6 +1653,9 @@ def write_outputs(report: dict, args) -> None:
 
 def model_row(m: dict) -> str:
     retention = "—" if m.get("retention") is None else f"{m['retention']:.1f}%"
+    interval = (m.get("ci95") or {}).get("retention")
+    if interval is not None:  # the paired bootstrap over dev rows (bootstrap_intervals)
+        retention += f" ({interval[0]:.1f}–{interval[1]:.1f})"
     return (
         f"| {m['name']} | {m['kind']} | {m['policy']} | {m['score']:.2f} | {m['score_all_layers']:.2f} | "
         f"{m['drop']:.2f} ({m['allowed_drop']:.2f}) | {retention} | {m['params'] / 1e6:.2f} | "
@@ -1684,7 +1719,9 @@ def markdown(report: dict, plots: str = "results") -> str:
         "to the other half, both ways; a threshold that loses more than allowed on the half it is applied to is not "
         "deployed there (that half runs every layer, as the main job falls back to its all-layers policy; the policy "
         "column says where), and while the two halves together lose more than allowed (F1, Matthews and Pearson are "
-        "not averages over rows), the half whose threshold lost most on its own half falls back too. 'drop' is the loss against the same model through all layers on the reported data. Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
+        "not averages over rows), the half whose threshold lost most on its own half falls back too. 'drop' is the loss against the same model through all layers on the reported data. "
+        + bootstrap_note(report)
+        + "Params: `p.numel()`, embeddings included; FLOPs: `hf_costeff.cost` at each example's length.",
         "",
     ]
     header = [
@@ -1742,6 +1779,17 @@ def markdown(report: dict, plots: str = "results") -> str:
     if missing:
         lines.append(f"- Tasks not run yet: {', '.join(missing)}.")
     return "\n".join(lines)
+
+
+def bootstrap_note(report: dict) -> str:
+    resamples = (report.get("bootstrap") or {}).get("resamples")
+    if not resamples:
+        return ""
+    return (
+        f"In brackets after 'vs teacher': its 95% interval over {resamples} bootstrap resamples of the dev rows, "
+        "the teacher scored on the same resamples; it is the dev set's sampling noise for these trained models and "
+        "thresholds, not the spread over training runs. "
+    )
 
 
 def target_line(name: str, target: dict) -> str:
@@ -1856,6 +1904,13 @@ def main(argv=None) -> dict:
         "max_metric_drop": args.max_metric_drop,
         "calibration_margin": args.calibration_margin,
         "halves": "dev split by a permutation seeded with --seed into two fixed halves A and B",
+        "bootstrap": {
+            "resamples": args.bootstrap,
+            "seed": args.seed,
+            "what": "95% percentile intervals (ci95) of each model's reported score and retention: dev rows resampled "
+            "with replacement, the same resamples for the model and the teacher; the trained models and thresholds are "
+            "fixed, so they measure the dev set's sampling, not the spread over training runs",
+        },
         "budgets": [asdict(b) for b in args.budgets],
         "budget_tasks": args.budget_tasks,
         "ablation_budget": args.ablation_budget,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -22,6 +23,7 @@ from hf_costeff.evaluation import (
     evaluate_policy,
     first_exit_warning,
     measure_latency,
+    paired_bootstrap,
     per_exit_flops,
     per_exit_metrics,
     simulate_early_exit,
@@ -387,3 +389,107 @@ def test_encoder_exit_hook_drops_rows_like_running_them_alone():
             length = int(batch["attention_mask"][i].sum())
             alone = model.costeff(batch["input_ids"][i : i + 1, :length]).last_hidden_state[0]
             torch.testing.assert_close(base.last_hidden_state[row, :length], alone, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def _labels_and_two_models(n: int = 2000, correct: float = 0.9, reference_correct: float = 0.8, seed: int = 0):
+    """Binary labels and two models' predictions: the model is right wherever the reference is, and on more rows."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    order = rng.permutation(n)
+    model_right = np.zeros(n, dtype=bool)
+    model_right[order[: int(correct * n)]] = True
+    reference_right = np.zeros(n, dtype=bool)
+    reference_right[order[: int(reference_correct * n)]] = True
+    return labels, np.where(model_right, labels, 1 - labels), np.where(reference_right, labels, 1 - labels)
+
+
+def test_paired_bootstrap_interval_has_the_binomial_width_and_the_pairing_narrows_the_difference():
+    labels, model, reference = _labels_and_two_models()
+    ci = paired_bootstrap("sst2", model, reference, labels, resamples=2000, seed=1)
+    low, high = ci["metric"]
+    assert low < 0.9 < high
+    # A proportion's 95% interval is about 2 * 1.96 * sqrt(p (1 - p) / n) wide.
+    expected = 2 * 1.96 * math.sqrt(0.9 * 0.1 / 2000)
+    assert high - low == pytest.approx(expected, rel=0.15)
+    # The model is right wherever the reference is: every resample has it ahead, by about 0.1.
+    d_low, d_high = ci["difference"]
+    assert 0 < d_low < 0.1 < d_high
+    # Paired, the difference varies only through the 10% of rows where the two disagree: sqrt(0.1 * 0.9 / n), far
+    # narrower than the two intervals' widths added (what unpaired resamples would give).
+    assert d_high - d_low == pytest.approx(expected, rel=0.15)
+    r_low, r_high = ci["ratio"]
+    assert r_low < 0.9 / 0.8 < r_high and r_low > 1
+
+
+def test_paired_bootstrap_of_a_model_against_itself_is_a_point_and_is_seeded():
+    labels, model, _ = _labels_and_two_models(n=300)
+    ci = paired_bootstrap("mrpc", model, model, labels, resamples=200, seed=3)
+    assert ci["difference"] == (0.0, 0.0) and ci["ratio"] == pytest.approx((1.0, 1.0))
+    assert ci == paired_bootstrap("mrpc", model, model, labels, resamples=200, seed=3)
+    assert ci["metric"] != paired_bootstrap("mrpc", model, model, labels, resamples=200, seed=4)["metric"]
+
+
+def test_paired_bootstrap_scores_regression_and_leaves_no_ratio_for_a_reference_at_zero():
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(0, 5, size=400)
+    ci = paired_bootstrap("stsb", labels + rng.normal(0, 1, 400), labels + rng.normal(0, 2, 400), labels, 300)
+    assert 0 < ci["reference"][0] < ci["reference"][1] < ci["metric"][1] and ci["difference"][0] > 0
+    # A reference that always predicts one class has a Matthews correlation of 0 on every resample: no ratio.
+    labels = rng.integers(0, 2, size=200)
+    ci = paired_bootstrap("cola", labels, np.zeros(200, dtype=int), labels, resamples=50)
+    assert ci["reference"] == (0.0, 0.0) and ci["ratio"] is None and ci["metric"] == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"resamples": 0}, "resamples"),
+        ({"resamples": 2.5}, "resamples"),
+        ({"level": 1.0}, "level"),
+        ({"labels": np.zeros(9, dtype=int)}, "labels"),
+    ],
+)
+def test_paired_bootstrap_rejects_bad_arguments_naming_them(kwargs, message):
+    args = {"predictions": np.zeros(10, dtype=int), "reference_predictions": np.ones(10, dtype=int)}
+    args["labels"] = kwargs.pop("labels", np.arange(10) % 2)
+    with pytest.raises(ValueError, match=message):
+        paired_bootstrap("sst2", **args, **kwargs)
+
+
+def test_batched_metric_matches_scikit_learn_and_scipy_row_by_row_including_degenerate_rows():
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    from hf_costeff.data import batched_metric
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(50, 30))
+    predictions = np.where(rng.random((50, 30)) < 0.7, labels, 1 - labels)
+    predictions[0] = 0  # a constant prediction: Matthews 0, F1 0 when no positive is predicted or true
+    labels[1] = 1  # one class only
+    labels[2], predictions[2] = 0, 0  # no positive anywhere: F1's zero division
+    reference_formulas = {
+        "accuracy": lambda p, r: accuracy_score(r, p),
+        "f1": lambda p, r: f1_score(r, p, zero_division=0.0),
+        "matthews_correlation": lambda p, r: matthews_corrcoef(r, p),
+    }
+    for key, formula in reference_formulas.items():
+        expected = [formula(p, r) for p, r in zip(predictions, labels, strict=True)]
+        assert batched_metric(key, predictions, labels) == pytest.approx(expected, abs=1e-12), key
+    scores = rng.normal(size=(40, 25)).round(1)  # rounded: ties, which Spearman ranks by their average
+    gold = scores + rng.normal(scale=1.0, size=(40, 25))
+    scores[0] = 3.0  # a constant row: no correlation (nan), as scipy says
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, formula in (("pearson", pearsonr), ("spearmanr", spearmanr)):
+            expected = [formula(s, g)[0] for s, g in zip(scores, gold, strict=True)]
+            assert batched_metric(key, scores, gold) == pytest.approx(expected, abs=1e-9, nan_ok=True), key
+    with pytest.raises(ValueError, match="binary"):
+        batched_metric("f1", np.full((1, 3), 2), np.ones((1, 3), dtype=int))
+    with pytest.raises(ValueError, match="metric key"):
+        batched_metric("bleu", predictions, labels)

@@ -308,6 +308,10 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
         assert isinstance(m["name"], str) and isinstance(m["policy"], str) and isinstance(m["params"], int)
         assert 0 <= m["score"] <= 100 and m["avg_flops"] > 0
         assert m["drop"] == pytest.approx(m["score_all_layers"] - m["score"], abs=1e-9)
+        # Intervals from the paired bootstrap over the 32 dev rows; the rows themselves stay out of the JSON.
+        assert "predictions" not in m and "labels" not in m and m["ci95"]["resamples"] == 1000
+        low, high = m["ci95"]["score"]
+        assert 0 <= low <= m["score"] <= high <= 100 and high - low > 1  # 32 rows: several points wide
     small = next(m for m in task["models"] if m["name"] == "costeff_small")
     assert small["params"] <= 0.6 * task["teacher"]["params"]  # the budget is on p.numel(), embeddings included
     assert small["heads"] == [2, 2] and small["ffn"] == [16, 16]
@@ -323,6 +327,8 @@ def test_pipeline_json_schema_and_cached_rerun_trains_nothing(tmp_path, glue_dir
     assert "](out/glue_table_sst2.png)" in results_md  # linked from the page's folder, wherever --output_dir is
     teacher_flops, exit1 = task["teacher"]["avg_flops"], small["per_exit_flops"][0]
     assert f"| costeff_small | {small['per_exit_score'][0]:.2f} ({teacher_flops / exit1:.1f}×) |" in results_md
+    low, high = small["ci95"]["retention"]
+    assert f"| {small['retention']:.1f}% ({low:.1f}–{high:.1f}) |" in results_md
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached rerun trained")
@@ -757,3 +763,22 @@ def test_recovery_probe_agreement_ranks_the_two_curves():
     opposite = recovery_probe.agreement(selection([0.5, 0.7, 0.6], [[0, 0.4], [0, 0.2], [0, 0.3]]))
     assert opposite["spearman_last_exit"] == pytest.approx(-1.0)
     assert recovery_probe.agreement(selection([0.5, 0.7, 0.6], [[0, 0.4], None, [0, 0.3]])) is None  # 2 with dev
+
+
+def test_bootstrap_resamples_must_not_be_negative(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        glue_table.parse_args(["--bootstrap", "-5"])
+    assert exit_info.value.code == 2 and "--bootstrap" in capsys.readouterr().err
+    assert glue_table.parse_args(["--bootstrap", "0"]).bootstrap == 0
+
+
+def test_bootstrap_intervals_are_in_table_units():
+    labels = np.arange(40) % 2
+    teacher = labels.copy()
+    teacher[:4] = 1 - teacher[:4]  # 90% right
+    student = labels.copy()
+    student[:8] = 1 - student[:8]  # 80% right, wrong wherever the teacher is
+    ci = glue_table.bootstrap_intervals("sst2", student, teacher, labels, resamples=500, seed=0)
+    assert ci["resamples"] == 500
+    assert 0 < ci["score"][0] < 80 < ci["score"][1] < 100
+    assert ci["retention"][0] < 100 * 0.8 / 0.9 < ci["retention"][1] < 100

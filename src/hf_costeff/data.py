@@ -144,17 +144,59 @@ def compute_glue_metrics(task: str, predictions, references) -> dict[str, float]
         return {
             key: float(value) for key, value in metric.compute(predictions=predictions, references=references).items()
         }
-    from scipy.stats import pearsonr, spearmanr  # noqa: PLC0415
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # noqa: PLC0415
-
-    formulas = {
-        "accuracy": lambda: accuracy_score(references, predictions),
-        "f1": lambda: f1_score(references, predictions),
-        "matthews_correlation": lambda: matthews_corrcoef(references, predictions),
-        "pearson": lambda: pearsonr(predictions, references)[0],
-        "spearmanr": lambda: spearmanr(predictions, references)[0],
-    }
-    return {key: float(formulas[key]()) for key in spec.metric_keys}
+    return {key: float(batched_metric(key, predictions[None], references[None])[0]) for key in spec.metric_keys}
 
 
-__all__ = ["GlueTask", "TASKS", "compute_glue_metrics", "get_task", "glue_texts", "load_glue", "tokenize_glue"]
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant row has no correlation: nan, as scipy says
+        return np.where(denominator > 0, (x * y).sum(axis=1) / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def batched_metric(key: str, predictions, references) -> np.ndarray:
+    """One GLUE metric for each row of ``predictions`` against the same row of ``references`` (both ``(B, n)``).
+
+    The formulas of the scikit-learn and scipy functions that ``evaluate``'s GLUE metric calls, with their answers in
+    the degenerate cases (an F1 or Matthews correlation with a zero denominator is 0; a correlation with a constant
+    row is nan), written over rows so that scoring a thousand resamples of a dev set costs one call. F1 and Matthews
+    take binary class ids (0/1, 1 the positive class), as every GLUE task scored by them has."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if predictions.shape != references.shape or predictions.ndim != 2:
+        raise ValueError(f"predictions {predictions.shape} and references {references.shape} must be equal, (B, n)")
+    if key in ("pearson", "spearmanr"):
+        x, y = predictions.astype(np.float64), references.astype(np.float64)
+        if key == "spearmanr":
+            from scipy.stats import rankdata  # noqa: PLC0415
+
+            x, y = rankdata(x, axis=1), rankdata(y, axis=1)  # average ranks for ties, as spearmanr
+        return _pearson(x, y)
+    if key == "accuracy":
+        return (predictions == references).mean(axis=1)
+    if key not in ("f1", "matthews_correlation"):
+        raise ValueError(
+            f"metric key must be one of accuracy, f1, matthews_correlation, pearson, spearmanr; got {key!r}"
+        )
+    if not (np.isin(predictions, (0, 1)).all() and np.isin(references, (0, 1)).all()):
+        raise ValueError(f"{key} takes binary class ids (0/1) in predictions and references")
+    p, r = predictions == 1, references == 1
+    tp, fp = (p & r).sum(axis=1).astype(np.float64), (p & ~r).sum(axis=1).astype(np.float64)
+    fn, tn = (~p & r).sum(axis=1).astype(np.float64), (~p & ~r).sum(axis=1).astype(np.float64)
+    if key == "f1":
+        denominator = 2 * tp + fp + fn
+        return np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1.0), 0.0)
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+__all__ = [
+    "GlueTask",
+    "TASKS",
+    "batched_metric",
+    "compute_glue_metrics",
+    "get_task",
+    "glue_texts",
+    "load_glue",
+    "tokenize_glue",
+]

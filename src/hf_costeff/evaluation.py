@@ -31,7 +31,7 @@ from torch import nn
 
 from .configuration_costeff import CostEffConfig, ExitPolicy, validate_exit_policy
 from .cost import forward_flops
-from .data import compute_glue_metrics, get_task
+from .data import batched_metric, compute_glue_metrics, get_task
 from .modeling_costeff import ExitDecision, exit_score
 
 _INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -241,6 +241,60 @@ def per_exit_flops(preds: ExitPredictions, config: CostEffConfig | None = None) 
     config = _config_of(preds, config)
     table = _FlopsTable(config, preds.lengths)
     return [table.at_exit(k) for k in range(len(config.exit_layers))]
+
+
+def paired_bootstrap(
+    task: str,
+    predictions,
+    reference_predictions,
+    labels,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float] | None]:
+    """Percentile intervals of a model's metric against a reference model's (a student against its teacher) on one
+    evaluation set, by resampling its examples with replacement, the same resample for both.
+
+    Returns ``{"metric", "reference", "difference", "ratio"}``, each ``(low, high)`` at ``level``: the model's main
+    GLUE metric (fractions, as :func:`compute_metrics`), the reference's, ``metric - reference`` and
+    ``metric / reference`` (``None`` when no resample leaves the reference above 0, as a Matthews correlation can).
+    Pairing matters: both models get the same hard and easy examples in every resample, so the ratio's interval is
+    narrower than the two metrics' intervals suggest. The intervals say how far the figures would move on another
+    evaluation set drawn like this one, for the same trained models and the same exit thresholds; they say nothing of
+    how far another training run would move them.
+    """
+    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be between 0 and 1 (exclusive), got {level!r}")
+    predictions, reference_predictions, labels = (np.asarray(a) for a in (predictions, reference_predictions, labels))
+    if not predictions.shape == reference_predictions.shape == labels.shape or labels.ndim != 1 or labels.size < 2:
+        raise ValueError(
+            f"predictions {predictions.shape}, reference_predictions {reference_predictions.shape} and labels "
+            f"{labels.shape} must be 1-D, of one length, with at least 2 examples"
+        )
+    key = get_task(task).main_metric
+    index = np.random.default_rng(seed).integers(0, labels.size, size=(resamples, labels.size))
+    # A resample with one class (or a constant prediction) can leave a correlation undefined: nan, which the
+    # percentiles below skip (a Matthews correlation or F1 is 0 there, as scikit-learn says).
+    metric = batched_metric(key, predictions[index], labels[index])
+    reference = batched_metric(key, reference_predictions[index], labels[index])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(reference > 0, metric / np.where(reference > 0, reference, 1.0), np.nan)
+    tails = [50 * (1 - level), 50 * (1 + level)]
+
+    def interval(values: np.ndarray) -> tuple[float, float] | None:
+        if np.isnan(values).all():
+            return None
+        low, high = np.nanpercentile(values, tails)
+        return float(low), float(high)
+
+    return {
+        "metric": interval(metric),
+        "reference": interval(reference),
+        "difference": interval(metric - reference),
+        "ratio": interval(ratio),
+    }
 
 
 def _evaluate_policy(
