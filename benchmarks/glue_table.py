@@ -1574,6 +1574,7 @@ def targets(report: dict, budgets) -> dict:
                     "retention": m["retention"],
                     "params_ratio": m["params_ratio"],
                     "flops_ratio": m["flops_ratio"],
+                    "retention_ci95": (m.get("ci95") or {}).get("retention"),
                 }
                 for m in ok
             ],
@@ -1792,6 +1793,10 @@ def bootstrap_note(report: dict) -> str:
     )
 
 
+def interval_text(interval: list[float] | None) -> str:
+    return "" if interval is None else f" (95% interval over dev resamples {interval[0]:.1f}–{interval[1]:.1f}%)"
+
+
 def target_line(name: str, target: dict) -> str:
     """One target of the issue in words: what was asked, the verdict and the figures behind it (JSON key ``name``)."""
     verdict = "MET" if target["met"] else ("MISSED" if target.get("measured", True) else "not measured yet")
@@ -1800,8 +1805,8 @@ def target_line(name: str, target: dict) -> str:
             "SST-2: a COST-EFF model at >= 97% of the teacher with <= 1/8 of its parameters and <= 1/10 of its FLOPs"
         )
         facts = "; ".join(
-            f"{c['name']} keeps {c['retention']:.1f}% with {c['params_ratio']:.1f}x fewer parameters and "
-            f"{c['flops_ratio']:.1f}x fewer FLOPs"
+            f"{c['name']} keeps {c['retention']:.1f}%{interval_text(c.get('retention_ci95'))} with "
+            f"{c['params_ratio']:.1f}x fewer parameters and {c['flops_ratio']:.1f}x fewer FLOPs"
             for c in target["candidates"]
         )
     elif name == "mean_retention_at_1_8_params":

@@ -529,6 +529,12 @@ def test_target_lines_say_what_was_measured():
         "MISSED — 2 models checked; 2 of 4 dev halves fell back to every layer (1 failed their own half's check, "
         "1 the pooled check); mrpc costeff_eighth lost 1.40 (allowed 1.00)" in lines["policies_within_allowed_drop"]
     )
+    tasks["sst2"]["models"][0]["ci95"] = {"retention": [93.04, 98.41]}
+    line = glue_table.target_line(
+        "sst2_97pct_at_1_8_params_1_10_flops",
+        glue_table.targets({"tasks": tasks}, [])["sst2_97pct_at_1_8_params_1_10_flops"],
+    )
+    assert "keeps 95.9% (95% interval over dev resamples 93.0–98.4%) with 8.0x fewer" in line
 
 
 def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert, capsys, monkeypatch):
