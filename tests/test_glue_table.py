@@ -4,6 +4,7 @@ threshold calibrated on it, a fully cached rerun trains nothing, and the JSON ha
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -535,6 +536,14 @@ def test_target_lines_say_what_was_measured():
         glue_table.targets({"tasks": tasks}, [])["sst2_97pct_at_1_8_params_1_10_flops"],
     )
     assert "keeps 95.9% (95% interval over dev resamples 93.0–98.4%) with 8.0x fewer" in line
+    # The mean's interval: the two tasks' half-widths (2.7 and 1.0 points) add in quadrature, over 2 tasks.
+    tasks["mrpc"]["models"][0]["ci95"] = {"retention": [99.6, 101.6]}
+    mean = glue_table.targets({"tasks": tasks}, [])["mean_retention_at_1_8_params"]
+    half = 1.96 * math.hypot(5.37 / 3.92, 2.0 / 3.92) / 2
+    assert mean["mean_ci95"] == pytest.approx([98.25 - half, 98.25 + half])
+    assert f"mean 98.2% (95% interval {98.25 - half:.1f}–{98.25 + half:.1f}%, from the tasks' own) (sst2" in (
+        glue_table.target_line("mean_retention_at_1_8_params", mean)
+    )
 
 
 def test_recovery_probe_reproduces_the_final_stage(tmp_path, glue_dir, tiny_bert, capsys, monkeypatch):
