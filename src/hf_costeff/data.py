@@ -128,7 +128,7 @@ def _evaluate_metric(task: str):
         return evaluate.load("glue", task)
     except Exception as error:  # evaluate raises FileNotFoundError/ConnectionError/OSError depending on the cause
         logger.info(
-            "evaluate.load('glue', %r) unavailable (%s); using the same formulas from scikit-learn/scipy", task, error
+            "evaluate.load('glue', %r) unavailable (%s); using the same formulas (batched_metric)", task, error
         )
         return None
 
