@@ -1895,12 +1895,25 @@ def plot(task: str, result: dict, path: Path) -> None:
             zorder=4,
             label=f"{m['name']} ({m['params'] / 1e6:.1f}M)",
         )
+        interval = (m.get("ci95") or {}).get("score")
+        if interval is not None:  # the dev set's sampling (bootstrap_intervals), drawn as a bar through the marker
+            low, high = interval
+            ax.errorbar(
+                [m["flops_ratio"]],
+                [m["score"]],
+                yerr=[[m["score"] - low], [high - m["score"]]],
+                color=color,
+                capsize=3,
+                lw=1,
+                zorder=3,
+            )
     ax.axhline(0.97 * t["score"], color="k", ls=":", lw=1, label="97% of teacher")
     ax.axvline(10, color="k", ls="--", lw=0.8, label="1/10 FLOPs")
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs reduction vs teacher (×, log)")
     ax.set_ylabel(f"dev {result['metric']} (GLUE units)")
-    ax.set_title(f"{task}: markers = halves-calibrated policy; lines = dev threshold sweeps")
+    bars = "; bars = 95% dev bootstrap" if any((m.get("ci95") or {}).get("score") for m in result["models"]) else ""
+    ax.set_title(f"{task}: markers = halves-calibrated policy{bars}; lines = dev threshold sweeps", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
