@@ -127,9 +127,7 @@ def _evaluate_metric(task: str):
     try:
         return evaluate.load("glue", task)
     except Exception as error:  # evaluate raises FileNotFoundError/ConnectionError/OSError depending on the cause
-        logger.info(
-            "evaluate.load('glue', %r) unavailable (%s); using the same formulas (batched_metric)", task, error
-        )
+        logger.info("evaluate.load('glue', %r) unavailable (%s); using the same formulas (batched_metric)", task, error)
         return None
 
 
