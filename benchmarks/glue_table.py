@@ -1913,7 +1913,7 @@ def plot(task: str, result: dict, path: Path) -> None:
     ax.set_xlabel("FLOPs reduction vs teacher (×, log)")
     ax.set_ylabel(f"dev {result['metric']} (GLUE units)")
     bars = "; bars = 95% dev bootstrap" if any((m.get("ci95") or {}).get("score") for m in result["models"]) else ""
-    ax.set_title(f"{task}: markers = halves-calibrated policy{bars}; lines = dev threshold sweeps", fontsize=10)
+    ax.set_title(f"{task}: markers = halves-calibrated policy{bars}; lines = dev threshold sweeps", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
