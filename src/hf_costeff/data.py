@@ -145,12 +145,16 @@ def compute_glue_metrics(task: str, predictions, references) -> dict[str, float]
     return {key: float(batched_metric(key, predictions[None], references[None])[0]) for key in spec.metric_keys}
 
 
+def _divide(numerator: np.ndarray, denominator: np.ndarray, undefined: float) -> np.ndarray:
+    """``numerator / denominator`` per row, ``undefined`` where the denominator is 0 (no division by zero is done)."""
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), undefined)
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     y = y - y.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant row has no correlation: nan, as scipy says
-        return np.where(denominator > 0, (x * y).sum(axis=1) / np.where(denominator > 0, denominator, 1.0), np.nan)
+    # A constant row has no correlation: nan, as scipy says.
+    return _divide((x * y).sum(axis=1), np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1)), np.nan)
 
 
 def batched_metric(key: str, predictions, references) -> np.ndarray:
@@ -182,10 +186,8 @@ def batched_metric(key: str, predictions, references) -> np.ndarray:
     tp, fp = (p & r).sum(axis=1).astype(np.float64), (p & ~r).sum(axis=1).astype(np.float64)
     fn, tn = (~p & r).sum(axis=1).astype(np.float64), (~p & ~r).sum(axis=1).astype(np.float64)
     if key == "f1":
-        denominator = 2 * tp + fp + fn
-        return np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1.0), 0.0)
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1.0), 0.0)
+        return _divide(2 * tp, 2 * tp + fp + fn, 0.0)
+    return _divide(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)), 0.0)
 
 
 __all__ = [
